@@ -1,0 +1,196 @@
+//! Frames: the envelope `type:u8 channel:u16 size:u32 payload 0xCE`, and the protocol header.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::{
+    ContentHeader, DecodeError, EncodeError, Limits, Method,
+    wire::{Reader, Writer, patch_u32_len},
+};
+
+/// Frame type octet of a method frame.
+pub const FRAME_METHOD: u8 = 1;
+/// Frame type octet of a content header frame.
+pub const FRAME_HEADER: u8 = 2;
+/// Frame type octet of a content body frame.
+pub const FRAME_BODY: u8 = 3;
+/// Frame type octet of a heartbeat frame.
+pub const FRAME_HEARTBEAT: u8 = 8;
+/// The octet that ends every frame.
+pub const FRAME_END: u8 = 0xCE;
+/// Bytes a frame adds around its payload: 7 of header, 1 end octet.
+pub const FRAME_OVERHEAD: usize = 8;
+/// The header a client sends first to ask for AMQP 0-9-1.
+pub const PROTOCOL_HEADER: [u8; 8] = *b"AMQP\x00\x00\x09\x01";
+
+/// One AMQP frame.
+// Headers are the largest variant; boxing them would cost an allocation per message,
+// which matters more on the hot path than moving a few hundred bytes.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A method on a channel (channel 0 for `connection.*`).
+    Method(u16, Method),
+    /// A content header on a channel.
+    Header(u16, ContentHeader),
+    /// A content body fragment on a channel; shares the read buffer's memory.
+    Body(u16, Bytes),
+    /// A heartbeat (always channel 0).
+    Heartbeat,
+}
+
+impl Frame {
+    /// The channel the frame travels on.
+    pub const fn channel(&self) -> u16 {
+        match self {
+            Frame::Method(c, _) | Frame::Header(c, _) | Frame::Body(c, _) => *c,
+            Frame::Heartbeat => 0,
+        }
+    }
+
+    /// Appends this frame to `buf`. Nesting is limited to [`Limits::DEFAULT_MAX_DEPTH`];
+    /// use [`Frame::encode_with_depth`] for another limit.
+    pub fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        self.encode_with_depth(buf, Limits::DEFAULT_MAX_DEPTH)
+    }
+
+    /// Appends this frame to `buf`, refusing tables nested deeper than `max_depth`.
+    /// On error `buf` is left as it was.
+    pub fn encode_with_depth(&self, buf: &mut BytesMut, max_depth: usize) -> Result<(), EncodeError> {
+        let start = buf.len();
+        let result = match self {
+            Frame::Method(channel, method) => {
+                encode_payload(buf, FRAME_METHOD, *channel, max_depth, |w| method.write(w))
+            }
+            Frame::Header(channel, header) => {
+                encode_payload(buf, FRAME_HEADER, *channel, max_depth, |w| header.write(w))
+            }
+            Frame::Body(channel, body) => encode_body(buf, *channel, body),
+            Frame::Heartbeat => {
+                buf.put_slice(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END]);
+                Ok(())
+            }
+        };
+        if result.is_err() {
+            buf.truncate(start);
+        }
+        result
+    }
+}
+
+/// Writes one frame whose payload `write` produces, patching the size afterwards.
+pub(crate) fn encode_payload(
+    buf: &mut BytesMut,
+    frame_type: u8,
+    channel: u16,
+    max_depth: usize,
+    write: impl FnOnce(&mut Writer<'_>) -> Result<(), EncodeError>,
+) -> Result<(), EncodeError> {
+    buf.put_u8(frame_type);
+    buf.put_u16(channel);
+    let at = buf.len();
+    buf.put_u32(0);
+    let mut w = Writer::new(buf, max_depth);
+    write(&mut w)?;
+    w.flush_bits();
+    patch_u32_len(buf, at, "frame payload")?;
+    buf.put_u8(FRAME_END);
+    Ok(())
+}
+
+/// Writes one body frame, copying `body` into `buf`.
+pub(crate) fn encode_body(buf: &mut BytesMut, channel: u16, body: &[u8]) -> Result<(), EncodeError> {
+    let size = u32::try_from(body.len()).map_err(|_| EncodeError::TooLong { what: "body frame", len: body.len() })?;
+    buf.reserve(body.len() + FRAME_OVERHEAD);
+    put_frame_header(buf, FRAME_BODY, channel, size);
+    buf.put_slice(body);
+    buf.put_u8(FRAME_END);
+    Ok(())
+}
+
+pub(crate) fn put_frame_header(buf: &mut BytesMut, frame_type: u8, channel: u16, size: u32) {
+    buf.put_u8(frame_type);
+    buf.put_u16(channel);
+    buf.put_u32(size);
+}
+
+/// Decodes one frame from the front of `buf`.
+///
+/// Returns `Ok(None)` when more bytes are needed. The 7-byte header is checked first — type,
+/// and size against `limits` — so an oversized frame is refused before its payload is
+/// waited for or buffered; nothing is allocated from a length prefix. A complete frame is
+/// split off `buf` without copying, and body payloads and strings point into it.
+///
+/// If `buf` starts with `AMQP`, the peer refused our protocol version and sent its own
+/// header: that is [`DecodeError::ProtocolRefused`].
+///
+/// ```
+/// use bytes::BytesMut;
+/// use lepus_codec::{Frame, Limits, decode_frame};
+/// let mut buf = BytesMut::from(&[8u8, 0, 0, 0, 0, 0, 0, 0xCE][..]);
+/// assert_eq!(decode_frame(&mut buf, &Limits::default()), Ok(Some(Frame::Heartbeat)));
+/// assert!(buf.is_empty());
+/// ```
+pub fn decode_frame(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>, DecodeError> {
+    let Some(&frame_type) = buf.first() else {
+        return Ok(None);
+    };
+    if frame_type == b'A' {
+        return decode_protocol_header(buf);
+    }
+    if !matches!(frame_type, FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT) {
+        return Err(DecodeError::UnknownFrameType(frame_type));
+    }
+    let Some((&[_, c0, c1, s0, s1, s2, s3], _)) = buf.split_first_chunk::<7>() else {
+        return Ok(None);
+    };
+    let (channel, size) = (u16::from_be_bytes([c0, c1]), u32::from_be_bytes([s0, s1, s2, s3]));
+    let whole = u64::from(size) + FRAME_OVERHEAD as u64;
+    let max = limits.for_frame_type(frame_type);
+    if whole > u64::from(max) {
+        return Err(DecodeError::FrameTooLarge { size: whole, max });
+    }
+    // `whole <= max <= u32::MAX`, so it fits in usize on every supported platform.
+    let whole = whole as usize;
+    if buf.len() < whole {
+        return Ok(None);
+    }
+    let end = buf.get(whole - 1).copied().unwrap_or_default();
+    if end != FRAME_END {
+        return Err(DecodeError::BadFrameEnd { found: end });
+    }
+    let mut frame = buf.split_to(whole).freeze();
+    frame.advance(7);
+    frame.truncate(whole - FRAME_OVERHEAD);
+    decode_payload(frame_type, channel, frame, limits)
+}
+
+#[inline]
+fn decode_payload(frame_type: u8, channel: u16, payload: Bytes, limits: &Limits) -> Result<Option<Frame>, DecodeError> {
+    let frame = match frame_type {
+        FRAME_METHOD => Frame::Method(channel, Method::read(&mut Reader::new(&payload, limits.max_depth))?),
+        FRAME_HEADER => Frame::Header(channel, ContentHeader::read(&mut Reader::new(&payload, limits.max_depth))?),
+        FRAME_BODY => Frame::Body(channel, payload),
+        // Only heartbeats remain: the type was checked before the payload was buffered.
+        _ => {
+            if channel != 0 || !payload.is_empty() {
+                return Err(DecodeError::BadHeartbeat { channel, size: payload.len() as u32 });
+            }
+            Frame::Heartbeat
+        }
+    };
+    Ok(Some(frame))
+}
+
+/// The peer sent `AMQP` + version instead of a frame: it refuses the version we asked for.
+fn decode_protocol_header(buf: &BytesMut) -> Result<Option<Frame>, DecodeError> {
+    let prefix_len = buf.len().min(4);
+    if buf.get(..prefix_len) != PROTOCOL_HEADER.get(..prefix_len) {
+        return Err(DecodeError::UnknownFrameType(b'A'));
+    }
+    match buf.get(..8) {
+        Some(&[_, _, _, _, protocol_id, major, minor, revision]) => {
+            Err(DecodeError::ProtocolRefused { protocol_id, major, minor, revision })
+        }
+        _ => Ok(None),
+    }
+}
