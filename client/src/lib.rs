@@ -1,0 +1,66 @@
+//! # lepus
+//!
+//! An AMQP 0-9-1 client for RabbitMQ that never panics on what the network or the broker
+//! does, never leaves a future hanging, and never copies a message body it does not have to.
+//!
+//! - [`Connection`] connects (`amqp://`, `amqps://` with rustls) and opens [`Channel`]s.
+//! - A [`Channel`] declares, binds, publishes ([`Channel::basic_publish`], with
+//!   [`PublisherConfirm`]s in confirm mode), consumes ([`Consumer`], a `Stream` of
+//!   [`Delivery`]s), gets and acknowledges.
+//! - Every waiter resolves with its result or with the [`Error`] that closed its channel or
+//!   connection, reply code and text kept whole.
+//! - Underneath, [`proto`] is the connection as a pure state machine and one task owns the
+//!   socket; the wire format is [`codec`] ([`lepus_codec`]).
+//!
+//! ```no_run
+//! use lepus::{Connection, ConsumeOptions, PublishOptions};
+//!
+//! # async fn demo() -> Result<(), lepus::Error> {
+//! let conn = Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+//! let channel = conn.open_channel().await?;
+//! channel.queue_declare("hello", Default::default(), Default::default()).await?;
+//! channel.confirm_select().await?;
+//! let confirm = channel.basic_publish("", "hello", &b"hi"[..], PublishOptions::default()).await?;
+//! assert!(confirm.await?.is_ack());
+//! let mut consumer = channel.basic_consume("hello", ConsumeOptions::default()).await?;
+//! if let Some(delivery) = consumer.next().await {
+//!     let delivery = delivery?;
+//!     delivery.ack().await?;
+//! }
+//! conn.close().await?;
+//! # Ok(()) }
+//! ```
+
+#![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+pub use lepus_codec as codec;
+
+pub mod auth;
+mod channel;
+mod channel_options;
+mod client_config;
+mod confirm;
+mod connection;
+mod consumer;
+mod driver;
+mod error;
+pub mod options;
+pub mod proto;
+mod queue_args;
+pub mod tls;
+pub mod uri;
+
+pub use auth::{AuthMechanism, Credentials, Password};
+pub use channel::Channel;
+pub use channel_options::{
+    ConsumeOptions, ExchangeDeclareOptions, ExchangeKind, PublishOptions, QueueDeclareOptions, QueueDeclared,
+    QueueDeleteOptions,
+};
+pub use confirm::{Confirmation, PublisherConfirm, ReturnedMessage, Returns};
+pub use connection::{Connection, ConnectionEvent};
+pub use consumer::{Consumer, Delivery};
+pub use error::{CloseReason, Error, Initiator};
+pub use lepus_codec::{BasicProperties, FieldTable, FieldValue, ReplyCode, ShortStr};
+pub use options::ConnectionOptions;
+pub use queue_args::{Overflow, QueueArguments, QueueType};
+pub use tls::{Roots, TlsOptions};

@@ -1,0 +1,382 @@
+//! `QueueArguments`: the `x-` arguments of `queue.declare`, typed.
+//!
+//! RabbitMQ reads a handful of optional arguments at `queue.declare` (TTLs, length limits,
+//! dead-lettering, priorities, the queue type, ...). Written by hand they are easy to get
+//! subtly wrong: a TTL sent as a string, a length limit as a float, `"drop_head"` for
+//! `"drop-head"` — and the broker answers with a 406 that closes the channel.
+//! [`QueueArguments`] spells each one with the key and the wire type RabbitMQ expects:
+//! integers as signed 64-bit (`l`, what RabbitMQ's own clients send), names as long strings,
+//! flags as booleans.
+
+use std::time::Duration;
+
+use lepus_codec::{FieldTable, FieldValue, ShortStr};
+
+use crate::Error;
+
+/// The largest TTL or expiry RabbitMQ accepts, in milliseconds (its timers are 32-bit).
+const MAX_TIMER_MS: u128 = u32::MAX as u128;
+
+/// What a full queue does with one more message (`x-overflow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Overflow {
+    /// Drop (or dead-letter) the oldest message to make room — RabbitMQ's default.
+    DropHead,
+    /// Refuse the new message; in confirm mode its publisher gets a nack.
+    RejectPublish,
+    /// Refuse the new message and dead-letter it (classic queues only).
+    RejectPublishDlx,
+}
+
+impl Overflow {
+    /// The value on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overflow::DropHead => "drop-head",
+            Overflow::RejectPublish => "reject-publish",
+            Overflow::RejectPublishDlx => "reject-publish-dlx",
+        }
+    }
+}
+
+/// The kind of queue (`x-queue-type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueueType {
+    /// A classic queue, RabbitMQ's default.
+    Classic,
+    /// A replicated Raft-based queue; must be durable, not exclusive, not auto-delete.
+    Quorum,
+    /// An append-only log read with offsets; must be durable.
+    Stream,
+}
+
+impl QueueType {
+    /// The value on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+            QueueType::Stream => "stream",
+        }
+    }
+}
+
+/// A typed builder for the arguments table of `queue.declare`.
+///
+/// Each setter replaces an earlier value of the same argument; [`QueueArguments::raw`]
+/// sets any other key. [`QueueArguments::build`] checks what can be checked here (a TTL or
+/// expiry beyond RabbitMQ's 32-bit timers, an expiry of zero, a key over 255 bytes) and
+/// returns the table; `FieldTable::from` skips those checks and lets the broker judge
+/// (a bad value then closes the channel with 406 `PRECONDITION_FAILED`).
+///
+/// ```
+/// use std::time::Duration;
+/// use lepus::{FieldValue, Overflow, QueueArguments, QueueType};
+///
+/// let args = QueueArguments::new()
+///     .queue_type(QueueType::Quorum)
+///     .message_ttl(Duration::from_secs(60))
+///     .max_length(10_000)
+///     .overflow(Overflow::RejectPublish)
+///     .dead_letter_exchange("orders.dead")
+///     .build()?;
+/// assert_eq!(args.get("x-message-ttl"), Some(&FieldValue::I64(60_000)));
+/// assert_eq!(args.get("x-queue-type").and_then(FieldValue::as_str), Some("quorum"));
+/// // channel.queue_declare("orders", QueueDeclareOptions { durable: true, ..Default::default() }, args)
+/// # Ok::<(), lepus::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[must_use = "a builder does nothing until it is built into a table"]
+pub struct QueueArguments {
+    table: FieldTable,
+    /// Values RabbitMQ would refuse, by key, in the order they were set; setting a key
+    /// again forgets its problem.
+    problems: Vec<(String, Problem)>,
+}
+
+/// A value `build` refuses ([`Error`] carries static text or an encode error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Problem {
+    Invalid(&'static str),
+    KeyTooLong(usize),
+}
+
+impl QueueArguments {
+    /// No arguments.
+    pub fn new() -> Self {
+        QueueArguments::default()
+    }
+
+    /// Sets `key`, replacing an earlier value and forgetting an earlier problem of it.
+    fn set(self, key: &'static str, value: FieldValue) -> Self {
+        self.set_checked(key, value, None)
+    }
+
+    fn set_checked(mut self, key: &'static str, value: FieldValue, problem: Option<&'static str>) -> Self {
+        self.problems.retain(|(k, _)| k != key);
+        if let Some(problem) = problem {
+            self.problems.push((key.to_owned(), Problem::Invalid(problem)));
+        }
+        // Every key set this way is a short literal.
+        if let Ok(key) = ShortStr::from_static(key) {
+            self.upsert(key, value);
+        }
+        self
+    }
+
+    fn upsert(&mut self, key: ShortStr, value: FieldValue) {
+        // Replace in place, keeping the order the arguments were first set in.
+        let mut value = Some(value);
+        let mut table: FieldTable = std::mem::take(&mut self.table)
+            .into_iter()
+            .map(|(k, v)| if k == key { (k, value.take().unwrap_or(v)) } else { (k, v) })
+            .collect();
+        if let Some(value) = value {
+            table.push(key, value);
+        }
+        self.table = table;
+    }
+
+    /// Milliseconds as the signed 64-bit integer RabbitMQ reads (saturating; `build`
+    /// refuses what RabbitMQ would).
+    fn millis(d: Duration) -> FieldValue {
+        FieldValue::I64(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    fn count(n: u64) -> FieldValue {
+        // Beyond i64::MAX nothing changes in practice: no queue holds 2^63 messages or bytes.
+        FieldValue::I64(i64::try_from(n).unwrap_or(i64::MAX))
+    }
+
+    /// `x-message-ttl`: messages older than this are dropped or dead-lettered. Whole
+    /// milliseconds (sub-millisecond parts are cut); at most `u32::MAX` ms (~49.7 days).
+    pub fn message_ttl(self, ttl: Duration) -> Self {
+        let problem = (ttl.as_millis() > MAX_TIMER_MS).then_some("x-message-ttl above u32::MAX milliseconds");
+        self.set_checked("x-message-ttl", Self::millis(ttl), problem)
+    }
+
+    /// `x-expires`: the queue is deleted after being unused (no consumers, no `basic.get`,
+    /// no redeclare) this long. At least 1 ms, at most `u32::MAX` ms.
+    pub fn expires(self, after: Duration) -> Self {
+        let problem = match after.as_millis() {
+            0 => Some("x-expires must be at least 1 millisecond"),
+            ms if ms > MAX_TIMER_MS => Some("x-expires above u32::MAX milliseconds"),
+            _ => None,
+        };
+        self.set_checked("x-expires", Self::millis(after), problem)
+    }
+
+    /// `x-max-length`: at most this many ready messages; see [`QueueArguments::overflow`]
+    /// for what happens to one more.
+    pub fn max_length(self, messages: u64) -> Self {
+        self.set("x-max-length", Self::count(messages))
+    }
+
+    /// `x-max-length-bytes`: at most this many bytes of ready message bodies.
+    pub fn max_length_bytes(self, bytes: u64) -> Self {
+        self.set("x-max-length-bytes", Self::count(bytes))
+    }
+
+    /// `x-overflow`: what a queue at its length limit does with one more message.
+    pub fn overflow(self, overflow: Overflow) -> Self {
+        self.set("x-overflow", overflow.as_str().into())
+    }
+
+    /// `x-dead-letter-exchange`: where rejected, expired and dropped messages go (`""` is
+    /// the default exchange).
+    pub fn dead_letter_exchange(self, exchange: &str) -> Self {
+        self.set("x-dead-letter-exchange", exchange.into())
+    }
+
+    /// `x-dead-letter-routing-key`: the routing key dead-lettered messages get instead of
+    /// their own.
+    pub fn dead_letter_routing_key(self, routing_key: &str) -> Self {
+        self.set("x-dead-letter-routing-key", routing_key.into())
+    }
+
+    /// `x-max-priority`: turns a classic queue into a priority queue with priorities
+    /// 0..=`max` (RabbitMQ recommends at most 10).
+    pub fn max_priority(self, max: u8) -> Self {
+        self.set("x-max-priority", FieldValue::I64(i64::from(max)))
+    }
+
+    /// `x-queue-type`: classic, quorum or stream.
+    pub fn queue_type(self, kind: QueueType) -> Self {
+        self.set("x-queue-type", kind.as_str().into())
+    }
+
+    /// `x-single-active-consumer`: only one consumer at a time receives messages; the next
+    /// takes over when it goes.
+    pub fn single_active_consumer(self, on: bool) -> Self {
+        self.set("x-single-active-consumer", FieldValue::Bool(on))
+    }
+
+    /// Any other argument, e.g. `("x-queue-mode", "lazy")` or a plugin's; replaces a typed
+    /// setter's value for the same key. A key over 255 bytes cannot be sent: `build`
+    /// reports it and `FieldTable::from` leaves it out.
+    pub fn raw(mut self, key: &str, value: impl Into<FieldValue>) -> Self {
+        self.problems.retain(|(k, _)| k != key);
+        match ShortStr::try_from(key) {
+            Ok(short) => self.upsert(short, value.into()),
+            Err(_) => self.problems.push((key.to_owned(), Problem::KeyTooLong(key.len()))),
+        }
+        self
+    }
+
+    /// The arguments table, or the first value RabbitMQ would refuse.
+    pub fn build(self) -> Result<FieldTable, Error> {
+        match self.problems.into_iter().next() {
+            None => Ok(self.table),
+            Some((_, Problem::Invalid(what))) => Err(Error::InvalidOperation(what)),
+            Some((_, Problem::KeyTooLong(len))) => {
+                Err(Error::Encode(lepus_codec::EncodeError::ShortStringTooLong { len }))
+            }
+        }
+    }
+}
+
+impl From<QueueArguments> for FieldTable {
+    /// The table without `build`'s checks; see [`QueueArguments`].
+    fn from(args: QueueArguments) -> FieldTable {
+        args.table
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(t: &FieldTable) -> Vec<(String, FieldValue)> {
+        t.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    }
+
+    #[test]
+    fn empty_builds_an_empty_table() {
+        assert!(QueueArguments::new().build().unwrap().is_empty());
+        assert!(FieldTable::from(QueueArguments::default()).is_empty());
+    }
+
+    #[test]
+    fn every_setter_writes_its_key_with_rabbitmqs_type() {
+        let t = QueueArguments::new()
+            .message_ttl(Duration::from_millis(1500))
+            .expires(Duration::from_secs(30))
+            .max_length(100)
+            .max_length_bytes(1 << 20)
+            .overflow(Overflow::RejectPublishDlx)
+            .dead_letter_exchange("dlx")
+            .dead_letter_routing_key("dead.key")
+            .max_priority(10)
+            .queue_type(QueueType::Classic)
+            .single_active_consumer(true)
+            .raw("x-queue-mode", "lazy")
+            .build()
+            .unwrap();
+        let s = |v: &str| FieldValue::LongString(bytes::Bytes::copy_from_slice(v.as_bytes()));
+        assert_eq!(
+            entries(&t),
+            vec![
+                ("x-message-ttl".to_owned(), FieldValue::I64(1500)),
+                ("x-expires".to_owned(), FieldValue::I64(30_000)),
+                ("x-max-length".to_owned(), FieldValue::I64(100)),
+                ("x-max-length-bytes".to_owned(), FieldValue::I64(1 << 20)),
+                ("x-overflow".to_owned(), s("reject-publish-dlx")),
+                ("x-dead-letter-exchange".to_owned(), s("dlx")),
+                ("x-dead-letter-routing-key".to_owned(), s("dead.key")),
+                ("x-max-priority".to_owned(), FieldValue::I64(10)),
+                ("x-queue-type".to_owned(), s("classic")),
+                ("x-single-active-consumer".to_owned(), FieldValue::Bool(true)),
+                ("x-queue-mode".to_owned(), s("lazy")),
+            ]
+        );
+        // Integers go out as `l`, the signed 64-bit type RabbitMQ's own clients use.
+        assert_eq!(t.get("x-message-ttl").map(FieldValue::type_letter), Some(b'l'));
+    }
+
+    #[test]
+    fn enum_values_are_rabbitmqs_spelling() {
+        let overflow = |o| QueueArguments::new().overflow(o).build().unwrap();
+        assert_eq!(overflow(Overflow::DropHead).get("x-overflow").and_then(FieldValue::as_str), Some("drop-head"));
+        assert_eq!(
+            overflow(Overflow::RejectPublish).get("x-overflow").and_then(FieldValue::as_str),
+            Some("reject-publish")
+        );
+        let kind = |k| QueueArguments::new().queue_type(k).build().unwrap();
+        assert_eq!(kind(QueueType::Quorum).get("x-queue-type").and_then(FieldValue::as_str), Some("quorum"));
+        assert_eq!(kind(QueueType::Stream).get("x-queue-type").and_then(FieldValue::as_str), Some("stream"));
+        let sac = QueueArguments::new().single_active_consumer(false).build().unwrap();
+        assert_eq!(sac.get("x-single-active-consumer"), Some(&FieldValue::Bool(false)));
+    }
+
+    #[test]
+    fn setting_again_replaces_in_place_of_duplicating() {
+        let t = QueueArguments::new()
+            .max_length(1)
+            .max_priority(3)
+            .max_length(2)
+            .raw("x-max-priority", FieldValue::I32(5))
+            .build()
+            .unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.get("x-max-length"), Some(&FieldValue::I64(2)));
+        assert_eq!(t.get("x-max-priority"), Some(&FieldValue::I32(5)), "raw overrides the typed value");
+    }
+
+    #[test]
+    fn durations_are_whole_milliseconds() {
+        let t = QueueArguments::new().message_ttl(Duration::from_micros(2_999)).build().unwrap();
+        assert_eq!(t.get("x-message-ttl"), Some(&FieldValue::I64(2)));
+        let t = QueueArguments::new().message_ttl(Duration::ZERO).build().unwrap();
+        assert_eq!(t.get("x-message-ttl"), Some(&FieldValue::I64(0)), "a TTL of 0 is valid: deliver now or drop");
+        let max = Duration::from_millis(u64::from(u32::MAX));
+        let t = QueueArguments::new().message_ttl(max).expires(max).build().unwrap();
+        assert_eq!(t.get("x-expires"), Some(&FieldValue::I64(i64::from(u32::MAX))));
+    }
+
+    #[test]
+    fn build_refuses_what_rabbitmq_refuses() {
+        let over = Duration::from_millis(u64::from(u32::MAX) + 1);
+        for args in [
+            QueueArguments::new().message_ttl(over),
+            QueueArguments::new().expires(over),
+            QueueArguments::new().expires(Duration::from_micros(999)),
+        ] {
+            let err = args.clone().build().unwrap_err();
+            assert!(matches!(err, Error::InvalidOperation(_)), "{err}");
+            // Unchecked, the value still goes out for the broker to judge.
+            assert_eq!(FieldTable::from(args).len(), 1);
+        }
+        let err = QueueArguments::new().raw(&"k".repeat(256), 1u8).build().unwrap_err();
+        assert!(matches!(err, Error::Encode(lepus_codec::EncodeError::ShortStringTooLong { len: 256 })), "{err}");
+    }
+
+    #[test]
+    fn the_first_problem_is_reported_and_setting_the_key_again_clears_it() {
+        let err = QueueArguments::new()
+            .expires(Duration::ZERO)
+            .message_ttl(Duration::from_secs(u64::MAX))
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("x-expires must be at least"), "{err}");
+        let fixed = QueueArguments::new()
+            .expires(Duration::ZERO)
+            .message_ttl(Duration::from_secs(u64::MAX))
+            .expires(Duration::from_secs(1))
+            .message_ttl(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        assert_eq!(fixed.get("x-expires"), Some(&FieldValue::I64(1000)));
+        let long = "k".repeat(300);
+        let fixed = QueueArguments::new().raw(&long, 1u8).raw(&long, 2u8);
+        assert!(fixed.build().is_err(), "a key over 255 bytes stays unsendable");
+        let err = QueueArguments::new().max_length(1).expires(Duration::ZERO).raw("x-expires", 5i64).build();
+        assert_eq!(err.unwrap().get("x-expires"), Some(&FieldValue::I64(5)), "raw replaces the refused value");
+    }
+
+    #[test]
+    fn huge_counts_saturate() {
+        let t: FieldTable = QueueArguments::new().max_length(u64::MAX).max_length_bytes(u64::MAX).into();
+        assert_eq!(t.get("x-max-length"), Some(&FieldValue::I64(i64::MAX)));
+        assert_eq!(t.get("x-max-length-bytes"), Some(&FieldValue::I64(i64::MAX)));
+    }
+}
