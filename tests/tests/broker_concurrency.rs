@@ -105,11 +105,15 @@ async fn c3_close_while_publishes_acks_and_channel_opens_are_in_flight() {
     let conn = connect().await;
     let setup = conn.open_channel().await.unwrap();
     let q = exclusive_queue(&setup, "c3").await;
-    let ops = Arc::new(AtomicUsize::new(0));
+    // One progress counter per task: the close waits until every task has done some work,
+    // so each kind of operation is in flight when it lands (a total alone let a slow kind
+    // sit at zero on a loaded machine).
+    let progress: Vec<Arc<AtomicUsize>> = (0..8).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let mut counters = progress.iter().cloned();
     let mut tasks = tokio::task::JoinSet::new();
 
     for _ in 0..3 {
-        let (ch, q, ops) = (conn.open_channel().await.unwrap(), q.clone(), ops.clone());
+        let (ch, q, ops) = (conn.open_channel().await.unwrap(), q.clone(), counters.next().unwrap());
         ch.confirm_select().await.unwrap();
         tasks.spawn(async move {
             let mut done = 0;
@@ -129,7 +133,7 @@ async fn c3_close_while_publishes_acks_and_channel_opens_are_in_flight() {
         });
     }
     for _ in 0..2 {
-        let (ch, q, ops) = (conn.open_channel().await.unwrap(), q.clone(), ops.clone());
+        let (ch, q, ops) = (conn.open_channel().await.unwrap(), q.clone(), counters.next().unwrap());
         ch.basic_qos(50, false).await.unwrap();
         let mut consumer = ch.basic_consume(&q, ConsumeOptions::default()).await.unwrap();
         tasks.spawn(async move {
@@ -150,7 +154,7 @@ async fn c3_close_while_publishes_acks_and_channel_opens_are_in_flight() {
         });
     }
     for _ in 0..3 {
-        let (conn, ops) = (conn.clone(), ops.clone());
+        let (conn, ops) = (conn.clone(), counters.next().unwrap());
         tasks.spawn(async move {
             let mut done = 0;
             let result: Result<(), Error> = async {
@@ -169,8 +173,9 @@ async fn c3_close_while_publishes_acks_and_channel_opens_are_in_flight() {
 
     // Let every kind of operation get going, then close under them.
     let deadline = Instant::now() + WAIT;
-    while ops.load(Ordering::Relaxed) < 300 {
-        assert!(Instant::now() < deadline, "the tasks never got going");
+    while progress.iter().any(|done| done.load(Ordering::Relaxed) < 5) {
+        let counts: Vec<usize> = progress.iter().map(|done| done.load(Ordering::Relaxed)).collect();
+        assert!(Instant::now() < deadline, "the tasks never got going: {counts:?}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     within("Connection::close", conn.close()).await.unwrap();
