@@ -1,0 +1,639 @@
+//! An event bus with consumer groups: typed events published to a topic exchange, handled
+//! by groups of consumers that share the work, with retries and a dead-letter queue for
+//! what keeps failing — [`EventBus`], [`ConsumerGroup`], [`GroupMember`].
+//!
+//! ```text
+//!                                  ┌─► <bus>.projections ──► member, member, ...   (load-balanced)
+//!  publish ──► <bus> (topic) ──────┼─► <bus>.notifications ──► member
+//!  order.created                   └─► <bus>.analytics ──► member, member
+//!                                         │ failed: retried through <queue>.retry.<ms>,
+//!                                         └ then <queue>.dlx ──► <queue>.dlq
+//! ```
+//!
+//! - **One topic exchange per bus**, named after the bus, durable. An event is published
+//!   with the routing key `{aggregate}.{event}` (`order.created`), persistent, with its
+//!   content type, a fresh message id (a random UUID), a timestamp (seconds), and the
+//!   routing key as its `type` property, on confirm-mode channels ([`PublisherPool`]): a
+//!   publish resolves once the broker has the event. Typed events ([`Event`]) are JSON
+//!   (feature `json`, on by default, through serde); anything else is published as raw
+//!   bytes with a content type of your choosing ([`EventBus::publish_raw`]).
+//! - **A consumer group** is one durable queue `{bus}.{group}`, bound with the patterns of
+//!   its handlers (`order.created`, `order.*`, `#`). Every member of the group consumes
+//!   that queue, so the broker shares the group's events out among its members, each event
+//!   to one of them; every group gets every event it is bound for. Members may run in one
+//!   process or many, on one connection or several.
+//! - **Failures** go through [`crate::retry`]: each member is a [`RetryConsumer`] over the
+//!   group's [`DeadLetterTopology`]. A handler that fails (returns a [`HandlerFailure`],
+//!   panics, or outlives [`GroupOptions::handler_timeout`]) has its event retried after the
+//!   policy's delays, waited out by the broker in retry queues; after
+//!   [`RetryPolicy::max_retries`] retries — at once for [`HandlerFailure::permanent`] —
+//!   the event goes to the group's dead-letter queue `{bus}.{group}.dlq` with the lepus
+//!   headers saying why ([`crate::dead_letter::headers`]); [`ConsumerGroup::dead_letters`]
+//!   counts, peeks at and replays them. An event no handler of the member matches (a
+//!   binding left from an older version of the group, say) is dead-lettered too: nothing
+//!   is dropped silently.
+//! - **Statistics** ([`EventBusStats`]) count what the bus and its members did;
+//!   `reconnections` stays 0: the client has no automatic recovery yet, so a bus whose
+//!   connection closes stays down (publishes fail, members stop: [`GroupMember::is_running`]).
+//! - **Shutdown** ([`EventBus::shutdown`], [`GroupMember::shutdown`]) stops consuming, lets
+//!   every event a member has received finish its handlers and be settled, then closes the
+//!   member's channel and the bus's publishing channels. The connection is yours to close.
+//!
+//! Delivery is at least once: an event whose member stops before settling it (a crash, a
+//! lost connection) is delivered again, and when several handlers match one event they run
+//! in turn and a failure retries the event through all of them. Handlers should be
+//! idempotent.
+//!
+//! [`PublisherPool`]: crate::publisher_pool::PublisherPool
+//! [`RetryConsumer`]: crate::retry::RetryConsumer
+//! [`DeadLetterTopology`]: crate::dead_letter::DeadLetterTopology
+//! [`RetryPolicy::max_retries`]: crate::retry::RetryPolicy::max_retries
+//! [`HandlerFailure`]: crate::retry::HandlerFailure
+//! [`HandlerFailure::permanent`]: crate::retry::HandlerFailure::permanent
+
+use std::{
+    fmt,
+    hash::{BuildHasher, Hasher},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use lepus::{BasicProperties, Confirmation, Connection, PublishOptions, ShortStr};
+use tokio::task::JoinSet;
+
+use crate::{
+    publisher_pool::{PublisherPool, PublisherPoolOptions},
+    topic::TopicExchange,
+    work_queue::PERSISTENT,
+};
+
+mod group;
+
+pub use group::{ConsumerGroup, EventMessage, GroupMember, GroupOptions};
+
+/// The content type of JSON events.
+pub const JSON_CONTENT_TYPE: &str = "application/json";
+
+/// The longest name AMQP allows for an exchange, a queue or a routing key.
+const MAX_NAME: usize = 255;
+
+/// An event type: where it comes from and what happened, which make its routing key
+/// `{AGGREGATE}.{NAME}`. With the `json` feature, a `serde` type implementing it is
+/// published with [`EventBus::publish`] and handled with [`ConsumerGroup::on`].
+///
+/// ```
+/// use lepus_patterns::event_bus::Event;
+///
+/// struct OrderCreated {
+///     order_id: u64,
+/// }
+///
+/// impl Event for OrderCreated {
+///     const AGGREGATE: &'static str = "order";
+///     const NAME: &'static str = "created";
+/// }
+///
+/// assert_eq!(OrderCreated::routing_key(), "order.created");
+/// ```
+pub trait Event {
+    /// The aggregate (entity) type, the routing key's first word: `order`. Not empty, no
+    /// `.`, not `*` or `#`.
+    const AGGREGATE: &'static str;
+    /// What happened, the routing key's second word: `created`. Same rules.
+    const NAME: &'static str;
+
+    /// `{AGGREGATE}.{NAME}`.
+    fn routing_key() -> String {
+        format!("{}.{}", Self::AGGREGATE, Self::NAME)
+    }
+}
+
+/// The routing key `{aggregate}.{event}`, or why the words cannot make one: each must be
+/// non-empty, without `.`, not a wildcard (`*`, `#`), and the key at most 255 bytes.
+///
+/// ```
+/// use lepus_patterns::event_bus::routing_key;
+///
+/// assert_eq!(routing_key("order", "created").unwrap(), "order.created");
+/// assert!(routing_key("order.eu", "created").is_err());
+/// assert!(routing_key("order", "*").is_err());
+/// ```
+pub fn routing_key(aggregate: &str, event: &str) -> Result<String, EventBusError> {
+    for (what, word) in [("aggregate", aggregate), ("event", event)] {
+        if word.is_empty() || word.contains('.') || word == "*" || word == "#" {
+            return Err(EventBusError::Invalid(format!(
+                "the {what} name {word:?} cannot be a routing key word (empty, a wildcard or containing '.')"
+            )));
+        }
+    }
+    let key = format!("{aggregate}.{event}");
+    if key.len() > MAX_NAME {
+        return Err(EventBusError::Invalid(format!("the routing key {key:?} is longer than {MAX_NAME} bytes")));
+    }
+    Ok(key)
+}
+
+/// What went wrong on the bus.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum EventBusError {
+    /// The broker or the connection refused or failed (a closed connection, a 404, a
+    /// timeout, ...).
+    Broker(lepus::Error),
+    /// A name, pattern or setting that cannot work; nothing was sent.
+    Invalid(String),
+    /// The event could not be serialised; nothing was sent.
+    Encode(String),
+    /// The broker did not take the event: it nacked it, or (with
+    /// [`EventBusOptions::mandatory`]) no group is bound for its routing key.
+    NotConfirmed {
+        /// The event's routing key.
+        routing_key: String,
+        /// What the broker answered.
+        outcome: String,
+    },
+    /// The bus was shut down.
+    Closed,
+}
+
+impl fmt::Display for EventBusError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventBusError::Broker(e) => write!(f, "event bus: {e}"),
+            EventBusError::Invalid(why) => write!(f, "event bus: {why}"),
+            EventBusError::Encode(why) => write!(f, "event bus: cannot serialise the event: {why}"),
+            EventBusError::NotConfirmed { routing_key, outcome } => {
+                write!(f, "event bus: the broker did not take the {routing_key} event: {outcome}")
+            }
+            EventBusError::Closed => f.write_str("event bus: shut down"),
+        }
+    }
+}
+
+impl std::error::Error for EventBusError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            EventBusError::Broker(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<lepus::Error> for EventBusError {
+    fn from(e: lepus::Error) -> Self {
+        EventBusError::Broker(e)
+    }
+}
+
+/// How an [`EventBus`] publishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventBusOptions {
+    /// Confirm-mode channels publishes are spread over (default 1; at least 1).
+    pub publisher_channels: usize,
+    /// How long a publish waits for the broker's confirm (default 30 s).
+    pub publish_timeout: Duration,
+    /// Refuse events no consumer group is bound for ([`EventBusError::NotConfirmed`])
+    /// instead of letting the broker drop them (default false: an event nobody listens to
+    /// is not an error).
+    pub mandatory: bool,
+    /// The `app-id` property of published events (default none).
+    pub app_id: Option<String>,
+}
+
+impl Default for EventBusOptions {
+    fn default() -> Self {
+        EventBusOptions {
+            publisher_channels: 1,
+            publish_timeout: Duration::from_secs(30),
+            mandatory: false,
+            app_id: None,
+        }
+    }
+}
+
+/// A published event, as the broker took it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Its `message-id` property (a random UUID).
+    pub message_id: String,
+    /// Its routing key, `{aggregate}.{event}`.
+    pub routing_key: String,
+    /// Its `timestamp` property, seconds since the epoch.
+    pub timestamp: u64,
+}
+
+/// What a bus (or one member of a group) did so far.
+///
+/// An event is *consumed* each time a member receives it: a retried event counts once per
+/// attempt, and so do its successes and failures. *Dead-lettered* counts the events whose
+/// last failure sent them to the dead-letter queue; *retried* the failures sent to a retry
+/// queue. `failed = retried + dead_lettered`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventBusStats {
+    /// Events the broker confirmed (0 for a member).
+    pub published: u64,
+    /// Publishes that failed or that the broker did not take (0 for a member).
+    pub publish_failures: u64,
+    /// Deliveries handed to handlers (each attempt of a retried event counts).
+    pub consumed: u64,
+    /// Deliveries every matching handler succeeded with.
+    pub succeeded: u64,
+    /// Deliveries a handler failed (error, panic or timeout) or none matched.
+    pub failed: u64,
+    /// Failures sent to a retry queue.
+    pub retried: u64,
+    /// Failures given up on: sent to the dead-letter queue.
+    pub dead_lettered: u64,
+    /// Reconnections after a lost connection: always 0 — the client has no automatic
+    /// recovery yet, so a bus whose connection closes stays down.
+    pub reconnections: u64,
+    /// When the last event was published (confirmed).
+    pub last_publish_at: Option<SystemTime>,
+    /// When a member last received an event.
+    pub last_consume_at: Option<SystemTime>,
+}
+
+/// Counters shared by a bus and its members' handlers.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    published: AtomicU64,
+    publish_failures: AtomicU64,
+    consumed: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    /// Milliseconds since the epoch; 0: never.
+    last_publish_ms: AtomicU64,
+    last_consume_ms: AtomicU64,
+}
+
+/// How a delivery ended, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settled {
+    Succeeded,
+    Retried,
+    DeadLettered,
+}
+
+impl Counters {
+    pub(crate) fn consumed(&self, at_ms: u64) {
+        self.consumed.fetch_add(1, Ordering::Relaxed);
+        self.last_consume_ms.fetch_max(at_ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn settled(&self, how: Settled) {
+        let counter = match how {
+            Settled::Succeeded => &self.succeeded,
+            Settled::Retried => &self.retried,
+            Settled::DeadLettered => &self.dead_lettered,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if how != Settled::Succeeded {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> EventBusStats {
+        let at = |ms: &AtomicU64| match ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => UNIX_EPOCH.checked_add(Duration::from_millis(ms)),
+        };
+        EventBusStats {
+            published: self.published.load(Ordering::Relaxed),
+            publish_failures: self.publish_failures.load(Ordering::Relaxed),
+            consumed: self.consumed.load(Ordering::Relaxed),
+            succeeded: self.succeeded.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            reconnections: 0,
+            last_publish_at: at(&self.last_publish_ms),
+            last_consume_at: at(&self.last_consume_ms),
+        }
+    }
+}
+
+/// Milliseconds since the epoch (at least 1, so 0 can mean "never").
+pub(crate) fn now_ms() -> u64 {
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    u64::try_from(ms).unwrap_or(u64::MAX).max(1)
+}
+
+/// A random (version 4) UUID, from the standard library's randomly keyed hasher.
+fn new_message_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let half = || {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        hasher.write_u64(now_ms());
+        hasher.finish()
+    };
+    let (hi, lo) = (half(), half());
+    // Version 4 in the 13th hex digit, variant 10xx in the 17th.
+    let hi = (hi & !0xF000) | 0x4000;
+    let lo = (lo & !(0xC000 << 48)) | (0x8000 << 48);
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xFFFF,
+        hi & 0xFFFF,
+        lo >> 48,
+        lo & 0xFFFF_FFFF_FFFF
+    )
+}
+
+/// A running member the bus can stop.
+#[derive(Debug, Default)]
+pub(crate) struct MemberSlot {
+    pub(crate) consumer: Mutex<Option<crate::retry::RetryConsumer>>,
+}
+
+impl MemberSlot {
+    pub(crate) fn take(&self) -> Option<crate::retry::RetryConsumer> {
+        self.consumer.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Members {
+    closed: bool,
+    slots: Vec<Arc<MemberSlot>>,
+}
+
+struct Inner {
+    conn: Connection,
+    exchange: TopicExchange,
+    pool: PublisherPool,
+    options: EventBusOptions,
+    counters: Arc<Counters>,
+    members: Mutex<Members>,
+}
+
+/// An event bus: a topic exchange to publish typed events to, and consumer groups to
+/// handle them; see the [module docs](self). Cheap to clone; clones share everything.
+///
+/// ```no_run
+/// # #[cfg(feature = "json")]
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use lepus::Connection;
+/// use lepus_patterns::event_bus::{Event, EventBus, EventBusOptions};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct OrderCreated {
+///     order_id: u64,
+///     total_cents: u64,
+/// }
+///
+/// impl Event for OrderCreated {
+///     const AGGREGATE: &'static str = "order";
+///     const NAME: &'static str = "created";
+/// }
+///
+/// let conn = Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+/// let bus = EventBus::declare(&conn, "shop.events", EventBusOptions::default()).await?;
+///
+/// // The `projections` group: queue `shop.events.projections`, bound with `order.created`.
+/// // Start it in as many processes as you like: they share its events.
+/// let projections = bus.group("projections").on(|event: OrderCreated, _meta| async move {
+///     println!("order {} for {} cents", event.order_id, event.total_cents);
+///     Ok(())
+/// });
+/// let member = projections.start().await?;
+///
+/// let published = bus.publish(&OrderCreated { order_id: 7, total_cents: 4_999 }).await?;
+/// println!("published {} as {}", published.routing_key, published.message_id);
+///
+/// // ...
+/// println!("{:?}", member.stats());
+/// bus.shutdown().await?; // finishes the handlers in progress, closes the channels
+/// conn.close().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct EventBus {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventBus").field("name", &self.name()).field("stats", &self.stats()).finish_non_exhaustive()
+    }
+}
+
+impl EventBus {
+    /// Declares the bus's durable topic exchange `name` (idempotent) and opens its
+    /// publishing channels on `conn`.
+    pub async fn declare(conn: &Connection, name: &str, options: EventBusOptions) -> Result<EventBus, EventBusError> {
+        if name.is_empty() || name.len() > MAX_NAME {
+            return Err(EventBusError::Invalid(format!("a bus needs a name of 1 to {MAX_NAME} bytes, not {name:?}")));
+        }
+        let exchange = TopicExchange::declare(conn, name).await?;
+        let pool_options =
+            PublisherPoolOptions { size: options.publisher_channels.max(1), confirm_timeout: options.publish_timeout };
+        let pool = PublisherPool::new(conn, pool_options).await?;
+        Ok(EventBus {
+            inner: Arc::new(Inner {
+                conn: conn.clone(),
+                exchange,
+                pool,
+                options,
+                counters: Arc::new(Counters::default()),
+                members: Mutex::new(Members::default()),
+            }),
+        })
+    }
+
+    /// The bus's name: its exchange, and the prefix of its groups' queues.
+    pub fn name(&self) -> &str {
+        self.inner.exchange.name()
+    }
+
+    /// The connection the bus publishes on and its members consume on.
+    pub fn connection(&self) -> &Connection {
+        &self.inner.conn
+    }
+
+    /// Counts of what the bus and the members started from it did so far.
+    pub fn stats(&self) -> EventBusStats {
+        self.inner.counters.snapshot()
+    }
+
+    pub(crate) fn counters(&self) -> &Arc<Counters> {
+        &self.inner.counters
+    }
+
+    /// The consumer group `group` of this bus (queue `{bus}.{group}`), to add handlers to
+    /// and start members of. Nothing is declared until [`ConsumerGroup::start`].
+    pub fn group(&self, group: &str) -> ConsumerGroup {
+        ConsumerGroup::new(self.clone(), group)
+    }
+
+    /// Publishes a typed event as JSON (`application/json`) with the routing key
+    /// `{E::AGGREGATE}.{E::NAME}`, and waits for the broker's confirm.
+    #[cfg(feature = "json")]
+    pub async fn publish<E: Event + serde::Serialize>(&self, event: &E) -> Result<Published, EventBusError> {
+        let routing_key = routing_key(E::AGGREGATE, E::NAME)?;
+        let body = serde_json::to_vec(event).map_err(|e| EventBusError::Encode(e.to_string()))?;
+        self.send(routing_key, JSON_CONTENT_TYPE, Bytes::from(body)).await
+    }
+
+    /// Publishes raw bytes as the event `{aggregate}.{event}` with `content_type` (e.g.
+    /// `application/octet-stream`, `text/plain`), and waits for the broker's confirm.
+    pub async fn publish_raw(
+        &self,
+        aggregate: &str,
+        event: &str,
+        content_type: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<Published, EventBusError> {
+        let routing_key = routing_key(aggregate, event)?;
+        self.send(routing_key, content_type, body.into()).await
+    }
+
+    async fn send(&self, routing_key: String, content_type: &str, body: Bytes) -> Result<Published, EventBusError> {
+        if self.is_closed() {
+            return Err(EventBusError::Closed);
+        }
+        let short = |what: &str, value: &str| {
+            ShortStr::try_from(value)
+                .map_err(|_| EventBusError::Invalid(format!("the {what} {value:?} is longer than {MAX_NAME} bytes")))
+        };
+        let message_id = new_message_id();
+        let timestamp = crate::dead_letter::now_secs();
+        let properties = BasicProperties {
+            content_type: Some(short("content type", content_type)?),
+            delivery_mode: Some(PERSISTENT),
+            message_id: Some(short("message id", &message_id)?),
+            timestamp: Some(timestamp),
+            kind: Some(short("routing key", &routing_key)?),
+            app_id: self.inner.options.app_id.as_deref().map(|id| short("app id", id)).transpose()?,
+            ..BasicProperties::default()
+        };
+        let options = PublishOptions { mandatory: self.inner.options.mandatory, properties };
+        let counters = &self.inner.counters;
+        let outcome = self.inner.pool.publish(self.name(), &routing_key, body, options).await;
+        let refused = match outcome {
+            Ok(Confirmation::Ack) => {
+                counters.published.fetch_add(1, Ordering::Relaxed);
+                counters.last_publish_ms.fetch_max(now_ms(), Ordering::Relaxed);
+                return Ok(Published { message_id, routing_key, timestamp });
+            }
+            Ok(Confirmation::Nack) => "the broker refused it (nack)".to_owned(),
+            Ok(Confirmation::Returned(r)) => format!("unroutable: {} {}", r.reply_code, r.reply_text),
+            Ok(Confirmation::NotRequested) => "no confirm was requested".to_owned(),
+            Err(e) => {
+                counters.publish_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(e.into());
+            }
+        };
+        counters.publish_failures.fetch_add(1, Ordering::Relaxed);
+        Err(EventBusError::NotConfirmed { routing_key, outcome: refused })
+    }
+
+    /// True once [`EventBus::shutdown`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.members.lock().unwrap_or_else(PoisonError::into_inner).closed
+    }
+
+    /// Adds a running member, unless the bus is shut down: then it is handed back.
+    pub(crate) fn register(&self, slot: &Arc<MemberSlot>) -> bool {
+        let mut members = self.inner.members.lock().unwrap_or_else(PoisonError::into_inner);
+        if members.closed {
+            return false;
+        }
+        members.slots.retain(|s| s.consumer.lock().unwrap_or_else(PoisonError::into_inner).is_some());
+        members.slots.push(slot.clone());
+        true
+    }
+
+    /// Shuts the bus down gracefully: refuses new publishes and members, stops every
+    /// member started from it — each stops consuming, lets the events it received finish
+    /// their handlers and be settled (each within its handler timeout), and closes its
+    /// channel — then closes the publishing channels. Returns the first error a member had
+    /// ended with on its own, if any. The connection stays open; calling it again does
+    /// nothing.
+    pub async fn shutdown(&self) -> Result<(), EventBusError> {
+        let slots = {
+            let mut members = self.inner.members.lock().unwrap_or_else(PoisonError::into_inner);
+            members.closed = true;
+            std::mem::take(&mut members.slots)
+        };
+        let mut stopping = JoinSet::new();
+        for consumer in slots.iter().filter_map(|slot| slot.take()) {
+            stopping.spawn(consumer.shutdown());
+        }
+        let mut result = Ok(());
+        while let Some(stopped) = stopping.join_next().await {
+            match stopped {
+                Ok(Err(e)) if result.is_ok() => result = Err(e.into()),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "stopping an event bus member failed"),
+            }
+        }
+        self.inner.pool.close().await;
+        result
+    }
+
+    /// Deletes the bus's exchange (the groups' queues stay, unbound from it; delete them
+    /// with [`ConsumerGroup::delete`]).
+    pub async fn delete(&self) -> Result<(), EventBusError> {
+        Ok(self.inner.exchange.delete().await?)
+    }
+}
+
+/// A handler's failure for an event whose body is not what it expects: permanent.
+#[cfg(feature = "json")]
+pub(crate) fn undecodable(routing_key: &str, why: &serde_json::Error) -> crate::retry::HandlerFailure {
+    crate::retry::HandlerFailure::permanent(format!(
+        "the {routing_key} event is not the JSON its handler expects: {why}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_keys_are_two_plain_words() {
+        assert_eq!(routing_key("order", "created").unwrap(), "order.created");
+        for (a, e) in [("", "x"), ("x", ""), ("a.b", "c"), ("a", "b.c"), ("*", "x"), ("x", "#")] {
+            assert!(matches!(routing_key(a, e), Err(EventBusError::Invalid(_))), "{a:?} {e:?}");
+        }
+        let long = "x".repeat(200);
+        assert!(routing_key(&long, &long).is_err());
+        assert!(routing_key("a*", "b#").is_ok(), "wildcards only as whole words");
+    }
+
+    #[test]
+    fn message_ids_are_unique_v4_uuids() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_message_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        for id in ids.iter().take(20) {
+            let parts: Vec<&str> = id.split('-').collect();
+            assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12], "{id}");
+            assert!(parts[2].starts_with('4'), "{id}");
+            assert!(matches!(parts[3].chars().next(), Some('8' | '9' | 'a' | 'b')), "{id}");
+        }
+    }
+
+    #[test]
+    fn counters_add_up() {
+        let c = Counters::default();
+        assert_eq!(c.snapshot(), EventBusStats::default());
+        c.consumed(now_ms());
+        c.consumed(now_ms());
+        c.consumed(now_ms());
+        c.settled(Settled::Succeeded);
+        c.settled(Settled::Retried);
+        c.settled(Settled::DeadLettered);
+        let s = c.snapshot();
+        assert_eq!((s.consumed, s.succeeded, s.failed, s.retried, s.dead_lettered), (3, 1, 2, 1, 1));
+        assert!(s.last_consume_at.is_some() && s.last_publish_at.is_none());
+        assert_eq!(s.reconnections, 0);
+    }
+}
