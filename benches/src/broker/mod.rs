@@ -1,0 +1,418 @@
+//! The broker workloads of `shared/BENCHMARKS.md`, run by `cargo bench --bench broker`
+//! for lepus and for lapin in the same process, plus a codec-only "ceiling".
+//!
+//! - [`lepus_client`] and [`lapin_client`] implement the five workloads (publish, confirm,
+//!   consume, rpc, pubsub) with each library's normal calls.
+//! - [`ceiling`] times publish and confirm with pre-encoded frames on a bare socket: what
+//!   the broker absorbs on this machine when the client costs next to nothing.
+//! - [`measure`] has the clocks (wall, and the process's CPU from `getrusage`) and the
+//!   percentiles; [`report`] the JSON lines and the closing table; [`cleanup`] removes
+//!   queues a run left behind.
+//!
+//! Environment: `AMQP_URL` (or `AMQP_HOST` + `AMQP_PORT`), `LEPUS_BENCH_N` (messages per
+//! run instead of the workloads' N; rpc calls are capped at it), `LEPUS_BENCH_LAPIN_N`
+//! (lapin's N, if it must be smaller), `LEPUS_BENCH_ONLY=publish,confirm` (a subset of
+//! `publish`, `confirm`, `consume`, `rpc`, `pubsub`, `ceiling`),
+//! `LEPUS_BENCH_ROUNDS` (how often publish 64 B and confirm, the cases compared with the
+//! ceiling, run for every client, alternating; default 3, the table takes the median),
+//! `LEPUS_BENCH_CLIENTS=lepus,lapin,ceiling` (which of them run; all by default, a subset
+//! for profiling one), and `LEPUS_BENCH_RUNTIME=current|multi` (tokio's current-thread
+//! runtime, the default, or the multi-thread one with two workers).
+
+use std::{
+    fmt::{self, Write as _},
+    io::Read,
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
+
+pub mod ceiling;
+pub mod cleanup;
+pub mod lapin_client;
+pub mod lepus_client;
+pub mod measure;
+pub mod report;
+
+/// Errors of a run: whatever the library or the socket said, as text is enough here.
+pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Messages per run (publish, confirm, consume, pubsub) unless `LEPUS_BENCH_N` says otherwise.
+pub const DEFAULT_N: u64 = 200_000;
+/// Rounds of publish 64 B and confirm: the broker's throughput varies by ±20% from one run
+/// to the next on this machine, so the share of the ceiling is taken from medians.
+pub const DEFAULT_ROUNDS: u64 = 3;
+/// Measured rpc calls.
+pub const RPC_CALLS: u64 = 20_000;
+/// Unrecorded rpc calls before the measured ones.
+pub const RPC_WARMUP: u64 = 200;
+/// Unconfirmed publishes allowed at once in the confirm workload.
+pub const CONFIRM_WINDOW: usize = 1000;
+/// `basic.qos` prefetch of the consuming workloads.
+pub const PREFETCH: u16 = 1000;
+/// How long the `message_count` polls keep trying before the run fails.
+pub const POLL_LIMIT: Duration = Duration::from_mins(2);
+/// Pause between two polls.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(1);
+/// A whole run (setup and teardown included) is abandoned after this.
+pub const RUN_LIMIT: Duration = Duration::from_mins(3);
+
+/// What can be measured: the two libraries and the codec-only ceiling.
+pub const CLIENTS: [&str; 3] = ["lepus", "lapin", "ceiling"];
+
+/// The five workloads of BENCHMARKS.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Non-confirmed publishes, then a `message_count` poll.
+    Publish,
+    /// Publishes in confirm mode with at most [`CONFIRM_WINDOW`] unconfirmed.
+    Confirm,
+    /// Consume a filled queue, one ack per message.
+    Consume,
+    /// Sequential request/reply through an exclusive reply queue.
+    Rpc,
+    /// One connection publishes while another consumes and acks.
+    Pubsub,
+}
+
+impl Workload {
+    /// Every workload, in the order they run.
+    pub const ALL: [Workload; 5] =
+        [Workload::Publish, Workload::Confirm, Workload::Consume, Workload::Rpc, Workload::Pubsub];
+
+    /// The name used in the JSON output and in `LEPUS_BENCH_ONLY`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Publish => "publish",
+            Workload::Confirm => "confirm",
+            Workload::Consume => "consume",
+            Workload::Rpc => "rpc",
+            Workload::Pubsub => "pubsub",
+        }
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One run to do: a workload, its message size and count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Case {
+    /// What is run.
+    pub workload: Workload,
+    /// Body size in bytes.
+    pub size: usize,
+    /// Messages (rpc: measured calls).
+    pub n: u64,
+}
+
+impl Case {
+    /// True for the cases the ceiling measures too: publish 64 B and confirm.
+    pub fn has_ceiling(self) -> bool {
+        matches!((self.workload, self.size), (Workload::Publish | Workload::Confirm, 64))
+    }
+}
+
+/// The tokio runtime the clients run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// `new_current_thread`: every task of the run on the bench's thread.
+    CurrentThread,
+    /// `new_multi_thread` with two workers (the machine's cores).
+    MultiThread,
+}
+
+impl RuntimeKind {
+    /// A fresh runtime of this kind.
+    pub fn build(self) -> std::io::Result<tokio::runtime::Runtime> {
+        match self {
+            RuntimeKind::CurrentThread => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+            RuntimeKind::MultiThread => {
+                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+            }
+        }
+    }
+
+    /// How the runtime is described in the runs' `note`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            RuntimeKind::CurrentThread => "tokio current_thread runtime",
+            RuntimeKind::MultiThread => "tokio multi_thread runtime (2 workers)",
+        }
+    }
+}
+
+/// What the environment asked for.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The broker.
+    pub url: String,
+    /// Messages per run for lepus and the ceiling.
+    pub n: u64,
+    /// Messages per run for lapin.
+    pub lapin_n: u64,
+    /// Measured rpc calls.
+    pub rpc_calls: u64,
+    /// The selected workloads.
+    pub workloads: Vec<Workload>,
+    /// Whether the ceiling runs.
+    pub ceiling: bool,
+    /// The clients that run (`lepus`, `lapin`, `ceiling`).
+    pub clients: Vec<&'static str>,
+    /// Rounds of the cases that have a ceiling.
+    pub rounds: u64,
+    /// The runtime every run gets a fresh one of.
+    pub runtime: RuntimeKind,
+}
+
+impl Config {
+    /// Reads the environment (see the module docs).
+    pub fn from_env() -> Result<Config, BenchError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let url = match (var("AMQP_URL"), var("AMQP_HOST")) {
+            (Some(url), _) => url,
+            (None, Some(host)) => {
+                let port = var("AMQP_PORT").unwrap_or_else(|| "5672".to_owned());
+                format!("amqp://guest:guest@{host}:{port}/%2f")
+            }
+            (None, None) => "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
+        };
+        let count = |name: &str| -> Result<Option<u64>, BenchError> {
+            match var(name) {
+                None => Ok(None),
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(n) if n > 0 => Ok(Some(n)),
+                    _ => Err(format!("{name} must be a positive integer, not {v:?}").into()),
+                },
+            }
+        };
+        let n = count("LEPUS_BENCH_N")?.unwrap_or(DEFAULT_N);
+        let lapin_n = count("LEPUS_BENCH_LAPIN_N")?.unwrap_or(n);
+        let (workloads, ceiling) = match var("LEPUS_BENCH_ONLY") {
+            None => (Workload::ALL.to_vec(), true),
+            Some(list) => {
+                let mut workloads = Vec::new();
+                let mut ceiling = false;
+                for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    if name == "ceiling" {
+                        ceiling = true;
+                    } else if let Some(w) = Workload::ALL.into_iter().find(|w| w.name() == name) {
+                        workloads.push(w);
+                    } else {
+                        return Err(format!("LEPUS_BENCH_ONLY: unknown workload {name:?}").into());
+                    }
+                }
+                // The ceiling belongs to publish and confirm: it comes with them.
+                ceiling |= workloads.iter().any(|w| matches!(w, Workload::Publish | Workload::Confirm));
+                (workloads, ceiling)
+            }
+        };
+        let clients = match var("LEPUS_BENCH_CLIENTS") {
+            None => CLIENTS.to_vec(),
+            Some(list) => {
+                let mut clients = Vec::new();
+                for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    match CLIENTS.into_iter().find(|c| *c == name) {
+                        Some(c) => clients.push(c),
+                        None => return Err(format!("LEPUS_BENCH_CLIENTS: unknown client {name:?}").into()),
+                    }
+                }
+                clients
+            }
+        };
+        let ceiling = ceiling && clients.contains(&"ceiling");
+        let runtime = match var("LEPUS_BENCH_RUNTIME").as_deref() {
+            None | Some("current") => RuntimeKind::CurrentThread,
+            Some("multi") => RuntimeKind::MultiThread,
+            Some(other) => return Err(format!("LEPUS_BENCH_RUNTIME: {other:?} is not current or multi").into()),
+        };
+        let rounds = count("LEPUS_BENCH_ROUNDS")?.unwrap_or(DEFAULT_ROUNDS);
+        Ok(Config { url, n, lapin_n, rpc_calls: RPC_CALLS.min(n), workloads, ceiling, clients, rounds, runtime })
+    }
+
+    /// True if `client` is to run.
+    pub fn runs(&self, client: &str) -> bool {
+        self.clients.contains(&client)
+    }
+
+    /// How many rounds `case` gets: [`Config::rounds`] for the cases that have a ceiling
+    /// (publish 64 B, confirm), one for the rest.
+    pub fn rounds_of(&self, case: Case) -> u64 {
+        if case.has_ceiling() { self.rounds } else { 1 }
+    }
+
+    /// The runs of `workload`, with `n` messages (rpc: `rpc_calls`).
+    pub fn cases(&self, workload: Workload, n: u64) -> Vec<Case> {
+        let sizes: &[usize] = match workload {
+            Workload::Publish | Workload::Consume => &[64, 4096],
+            Workload::Confirm | Workload::Rpc | Workload::Pubsub => &[64],
+        };
+        let n = if workload == Workload::Rpc { self.rpc_calls.min(n) } else { n };
+        sizes.iter().map(|&size| Case { workload, size, n }).collect()
+    }
+}
+
+/// One finished run: the fields of its JSON line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunResult {
+    /// `lepus`, `lapin` or `ceiling`.
+    pub client: &'static str,
+    /// What ran.
+    pub case: Case,
+    /// Wall time of the timed section.
+    pub seconds: f64,
+    /// rpc round-trip percentiles in microseconds.
+    pub p50_us: Option<f64>,
+    /// See `p50_us`.
+    pub p99_us: Option<f64>,
+    /// CPU time of the whole process during the timed section.
+    pub client_cpu_s: f64,
+    /// Every check of the workload passed.
+    pub ok: bool,
+    /// Library settings, failed checks, errors.
+    pub note: String,
+}
+
+impl RunResult {
+    /// A run that did not get to the end of its timed section.
+    pub fn failed(client: &'static str, case: Case, note: String) -> RunResult {
+        RunResult { client, case, seconds: 0.0, p50_us: None, p99_us: None, client_cpu_s: 0.0, ok: false, note }
+    }
+
+    /// A run whose timed section took `m`, judged by `checks`.
+    pub fn measured(client: &'static str, case: Case, m: measure::Measured, checks: &Checks, note: &str) -> RunResult {
+        RunResult {
+            client,
+            case,
+            seconds: m.seconds,
+            p50_us: None,
+            p99_us: None,
+            client_cpu_s: m.cpu_s,
+            ok: checks.ok(),
+            note: checks.note(note),
+        }
+    }
+
+    /// Messages (rpc: calls) per second.
+    #[allow(clippy::cast_precision_loss, reason = "message counts are far below 2^52")]
+    pub fn msgs_per_s(&self) -> f64 {
+        if self.seconds > 0.0 { self.case.n as f64 / self.seconds } else { 0.0 }
+    }
+
+    /// CPU microseconds per message.
+    #[allow(clippy::cast_precision_loss, reason = "message counts are far below 2^52")]
+    pub fn cpu_us_per_msg(&self) -> f64 {
+        self.client_cpu_s / self.case.n as f64 * 1e6
+    }
+}
+
+/// Collects failed checks into the `note` of a run.
+#[derive(Debug, Default)]
+pub struct Checks {
+    failed: Vec<String>,
+}
+
+impl Checks {
+    /// Records `what` as failed unless `passed`.
+    pub fn check(&mut self, passed: bool, what: impl FnOnce() -> String) {
+        if !passed {
+            self.failed.push(what());
+        }
+    }
+
+    /// True if nothing failed.
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty()
+    }
+
+    /// `base`, followed by the failed checks.
+    pub fn note(&self, base: &str) -> String {
+        if self.failed.is_empty() { base.to_owned() } else { format!("{base}; FAILED: {}", self.failed.join("; ")) }
+    }
+}
+
+/// Every queue name handed out by [`queue_name`], for the final leftover check.
+static CREATED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// 32 random hex digits (16 bytes of `/dev/urandom`).
+pub fn random_hex() -> std::io::Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let mut hex = String::with_capacity(32);
+    for b in bytes {
+        let _ = write!(hex, "{b:02x}");
+    }
+    Ok(hex)
+}
+
+/// A fresh queue name, `bench.<client>.<workload>.<hex>` (rpc: `rpc.<hex>`), remembered for
+/// [`created_queues`].
+pub fn queue_name(client: &str, workload: Workload) -> std::io::Result<String> {
+    let hex = random_hex()?;
+    let name = match workload {
+        Workload::Rpc => format!("rpc.{hex}"),
+        _ => format!("bench.{client}.{workload}.{hex}"),
+    };
+    CREATED.lock().unwrap_or_else(PoisonError::into_inner).push(name.clone());
+    Ok(name)
+}
+
+/// Every name [`queue_name`] has handed out.
+pub fn created_queues() -> Vec<String> {
+    CREATED.lock().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
+/// A message body of `size` bytes, every one `'x'`.
+pub fn body(size: usize) -> Vec<u8> {
+    vec![b'x'; size]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names_follow_the_spec() {
+        let q = queue_name("lepus", Workload::Consume).unwrap();
+        let hex = q.strip_prefix("bench.lepus.consume.").unwrap();
+        assert_eq!(hex.len(), 32);
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        let r = queue_name("lapin", Workload::Rpc).unwrap();
+        assert_eq!(r.len(), 4 + 32);
+        assert!(r.starts_with("rpc."));
+        assert!(created_queues().contains(&q));
+    }
+
+    #[test]
+    fn cases_cover_the_sizes() {
+        let config = Config {
+            url: String::new(),
+            n: 1000,
+            lapin_n: 1000,
+            rpc_calls: 1000,
+            workloads: Workload::ALL.to_vec(),
+            ceiling: true,
+            clients: CLIENTS.to_vec(),
+            rounds: 3,
+            runtime: RuntimeKind::CurrentThread,
+        };
+        let sizes = |w| config.cases(w, 1000).iter().map(|c| c.size).collect::<Vec<_>>();
+        assert_eq!(sizes(Workload::Publish), [64, 4096]);
+        assert_eq!(sizes(Workload::Consume), [64, 4096]);
+        assert_eq!(sizes(Workload::Confirm), [64]);
+        assert_eq!(config.cases(Workload::Rpc, 500)[0].n, 500);
+    }
+
+    #[test]
+    fn checks_collect_failures() {
+        let mut c = Checks::default();
+        c.check(true, || "never".into());
+        assert!(c.ok());
+        assert_eq!(c.note("base"), "base");
+        c.check(false, || "count 3 != 4".into());
+        assert!(!c.ok());
+        assert_eq!(c.note("base"), "base; FAILED: count 3 != 4");
+    }
+}
