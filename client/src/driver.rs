@@ -185,6 +185,15 @@ pub(crate) async fn run<S>(
         }
     }
     let _ = writer.shutdown().await;
+    // Commands sent meanwhile must still be answered: a publish's confirmation travels inside
+    // its command. Closing the queue and receiving until it reports the end also catches a
+    // send that had reserved its slot before the close and lands after it; dropping the
+    // receiver alone would strand such a command (and its waiter) until every handle is gone.
+    commands.close();
+    while let Some(cmd) = commands.recv().await {
+        d.command(&mut proto, cmd);
+        d.pump(&mut proto, Instant::now());
+    }
     d.shutdown(&mut proto);
 }
 

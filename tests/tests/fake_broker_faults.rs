@@ -666,3 +666,53 @@ async fn a_publish_waiting_on_a_block_fails_when_the_connection_dies() {
     assert!(!conn.is_open());
     fake.finish().await;
 }
+
+// ---- C3 at the socket: publishes racing the connection's end -----------------------------------
+
+/// Publishers on four tasks keep publishing with confirms while the fake drops the socket
+/// (FIN or RST) after a varying number of publishes. Every publish that was accepted must
+/// resolve to an error: a command that entered the driver's queue as the driver stopped
+/// used to be stranded with its confirmation until every handle was dropped (found by N5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c3_confirms_of_publishes_racing_a_dropped_socket_all_resolve() {
+    const ROUNDS: usize = 40;
+    let fake = FakeBroker::new()
+        .start_each(|mut peer, i| async move {
+            for _ in 0..10 + (i * 37) % 150 {
+                peer.wait_for(|_, m| matches!(m, Method::BasicPublish(_))).await?;
+            }
+            if i % 2 == 0 { peer.close_socket().await.map(|_| ()) } else { peer.reset() }
+        })
+        .await
+        .unwrap();
+    for round in 0..ROUNDS {
+        let conn = connect(fake.options()).await;
+        let channel = within(WAIT, "open", conn.open_channel()).await.unwrap();
+        within(WAIT, "confirm.select", channel.confirm_select()).await.unwrap();
+        let publishers: Vec<JoinHandle<Vec<PublisherConfirm>>> = (0..4)
+            .map(|_| {
+                let channel = channel.clone();
+                tokio::spawn(async move {
+                    let mut confirms = Vec::new();
+                    while let Ok(confirm) =
+                        channel.basic_publish("", "q", &b"race"[..], PublishOptions::default()).await
+                    {
+                        confirms.push(confirm);
+                    }
+                    confirms
+                })
+            })
+            .collect();
+        let mut accepted = 0;
+        for publisher in publishers {
+            for confirm in within(WAIT, "a publisher to stop", publisher).await.unwrap() {
+                let outcome = within(WAIT, &format!("round {round}: confirm {accepted}"), confirm).await;
+                assert!(outcome.is_err(), "round {round}: the fake never confirms, got {outcome:?}");
+                accepted += 1;
+            }
+        }
+        assert!(accepted >= 10, "round {round}: only {accepted} publishes were accepted");
+        assert!(!conn.is_open());
+    }
+    assert!(fake.errors().is_empty(), "{:?}", fake.errors());
+}
