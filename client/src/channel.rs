@@ -42,6 +42,9 @@ pub(crate) struct ChannelShared {
     returns_tx: mpsc::Sender<ReturnedMessage>,
     returns_rx: Mutex<Option<mpsc::Receiver<ReturnedMessage>>>,
     returns_dropped: AtomicU64,
+    /// The highest delivery tag a `multiple` ack or nack has settled on this channel: every
+    /// tag up to it is settled, so settling one of them again would draw a 406.
+    settled_through: AtomicU64,
 }
 
 impl ChannelShared {
@@ -58,6 +61,7 @@ impl ChannelShared {
             returns_tx,
             returns_rx: Mutex::new(Some(returns_rx)),
             returns_dropped: AtomicU64::new(0),
+            settled_through: AtomicU64::new(0),
         })
     }
 
@@ -84,6 +88,16 @@ impl ChannelShared {
             Some(e) => Err(e.clone()),
             None => self.conn.check_open(),
         }
+    }
+
+    /// Whether a `multiple` ack or nack on this channel already covered `delivery_tag`.
+    pub(crate) fn covered_by_multiple(&self, delivery_tag: u64) -> bool {
+        delivery_tag <= self.settled_through.load(Ordering::Acquire)
+    }
+
+    /// Records a `multiple` ack or nack up to `delivery_tag`.
+    pub(crate) fn settled_through(&self, delivery_tag: u64) {
+        self.settled_through.fetch_max(delivery_tag, Ordering::AcqRel);
     }
 
     pub(crate) fn set_flow(&self, active: bool) {
@@ -415,13 +429,21 @@ impl Channel {
         }
     }
 
-    /// Acknowledges by tag (for deliveries already dropped; prefer [`Delivery::ack`]).
+    /// Acknowledges by tag (for deliveries already dropped; prefer [`Delivery::ack`], which
+    /// refuses to settle a delivery twice). With `multiple`, later [`Delivery::ack`]s of the
+    /// covered deliveries return [`Error::AlreadySettled`] instead of reaching the broker.
     pub async fn basic_ack(&self, delivery_tag: u64, multiple: bool) -> Result<(), Error> {
+        if multiple {
+            self.shared().settled_through(delivery_tag);
+        }
         self.settle(basic::Ack { delivery_tag, multiple }.into()).await
     }
 
-    /// Negatively acknowledges by tag.
+    /// Negatively acknowledges by tag (see [`Channel::basic_ack`] on `multiple`).
     pub async fn basic_nack(&self, delivery_tag: u64, multiple: bool, requeue: bool) -> Result<(), Error> {
+        if multiple {
+            self.shared().settled_through(delivery_tag);
+        }
         self.settle(basic::Nack { delivery_tag, multiple, requeue }.into()).await
     }
 

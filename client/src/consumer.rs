@@ -188,9 +188,14 @@ pub(crate) struct Acker {
 
 /// One message from a consumer or `basic.get`.
 ///
-/// Acknowledge it with [`Delivery::ack`] (or `nack`/`reject`). Acknowledging after its channel
-/// closed is an error ([`Error::StaleDeliveryTag`]): the broker has already requeued it.
-#[derive(Clone)]
+/// Settle it once with [`Delivery::ack`], `nack` or `reject`. A second settlement, or one
+/// of a delivery that an earlier `multiple` ack or nack on its channel already covered, is
+/// refused with [`Error::AlreadySettled`] and never sent: RabbitMQ would answer it by
+/// closing the channel with 406 `PRECONDITION_FAILED` ("unknown delivery tag"), failing
+/// every other operation on it. Settling after its channel closed is
+/// [`Error::StaleDeliveryTag`]: the broker has already requeued it.
+///
+/// Not `Clone`, so that one value stands for one settlement; share it with an `Arc`.
 pub struct Delivery {
     /// Tag for acknowledging, valid on the channel it came on.
     pub delivery_tag: u64,
@@ -207,6 +212,7 @@ pub struct Delivery {
     /// The body: the same memory the socket was read into when it came in one frame.
     pub body: Bytes,
     acker: Acker,
+    settled: AtomicBool,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -218,6 +224,7 @@ impl std::fmt::Debug for Delivery {
             .field("routing_key", &self.routing_key)
             .field("properties", &self.properties)
             .field("body_len", &self.body.len())
+            .field("settled", &self.is_settled())
             .finish_non_exhaustive()
     }
 }
@@ -233,37 +240,59 @@ impl Delivery {
             properties: d.properties,
             body: d.body,
             acker,
+            settled: AtomicBool::new(false),
         }
     }
 
     /// Acknowledges this delivery.
     pub async fn ack(&self) -> Result<(), Error> {
-        self.settle(basic::Ack { delivery_tag: self.delivery_tag, multiple: false }.into()).await
+        self.settle(basic::Ack { delivery_tag: self.delivery_tag, multiple: false }.into(), false).await
     }
 
-    /// Acknowledges this delivery and every earlier one on its channel.
+    /// Acknowledges this delivery and every earlier unsettled one on its channel; settling
+    /// any of those afterwards is [`Error::AlreadySettled`].
     pub async fn ack_multiple(&self) -> Result<(), Error> {
-        self.settle(basic::Ack { delivery_tag: self.delivery_tag, multiple: true }.into()).await
+        self.settle(basic::Ack { delivery_tag: self.delivery_tag, multiple: true }.into(), true).await
     }
 
     /// Rejects this delivery; `requeue` puts it back, otherwise it is dropped or
     /// dead-lettered.
     pub async fn nack(&self, requeue: bool) -> Result<(), Error> {
-        self.settle(basic::Nack { delivery_tag: self.delivery_tag, multiple: false, requeue }.into()).await
+        self.settle(basic::Nack { delivery_tag: self.delivery_tag, multiple: false, requeue }.into(), false).await
+    }
+
+    /// Rejects this delivery and every earlier unsettled one on its channel, like
+    /// [`Delivery::ack_multiple`] does for acks.
+    pub async fn nack_multiple(&self, requeue: bool) -> Result<(), Error> {
+        self.settle(basic::Nack { delivery_tag: self.delivery_tag, multiple: true, requeue }.into(), true).await
     }
 
     /// `basic.reject`: like [`Delivery::nack`] for one message.
     pub async fn reject(&self, requeue: bool) -> Result<(), Error> {
-        self.settle(basic::Reject { delivery_tag: self.delivery_tag, requeue }.into()).await
+        self.settle(basic::Reject { delivery_tag: self.delivery_tag, requeue }.into(), false).await
     }
 
-    async fn settle(&self, method: Method) -> Result<(), Error> {
+    /// Whether this delivery has been settled (acked, nacked or rejected here, or covered by
+    /// a `multiple` ack or nack on its channel). A settlement that then failed to reach the
+    /// broker still counts: its channel or connection is gone, and the broker requeues it.
+    pub fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::Acquire) || self.acker.channel.shared.covered_by_multiple(self.delivery_tag)
+    }
+
+    async fn settle(&self, method: Method, multiple: bool) -> Result<(), Error> {
         if self.acker.no_ack {
             return Err(Error::InvalidOperation("acknowledging a delivery of a no-ack consumer"));
         }
         let shared = &self.acker.channel.shared;
         if shared.key != self.acker.key || shared.is_closed() {
             return Err(Error::StaleDeliveryTag(self.delivery_tag));
+        }
+        // Claim the settlement before anything is sent: of two concurrent calls, one sends.
+        if self.settled.swap(true, Ordering::AcqRel) || shared.covered_by_multiple(self.delivery_tag) {
+            return Err(Error::AlreadySettled(self.delivery_tag));
+        }
+        if multiple {
+            shared.settled_through(self.delivery_tag);
         }
         self.acker.channel.commands.send(Command::Send { key: self.acker.key, method }).await
     }

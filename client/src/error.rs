@@ -119,6 +119,11 @@ pub enum Error {
     /// An acknowledgement for a delivery whose channel has since closed (its tag is void).
     #[error("delivery tag {0} belongs to a channel that has closed")]
     StaleDeliveryTag(u64),
+    /// The delivery was already acked, nacked or rejected, or a `multiple` ack or nack on its
+    /// channel covered it; settling it again was not sent (the broker would close the channel
+    /// with 406 for an unknown delivery tag).
+    #[error("delivery tag {0} is already settled")]
+    AlreadySettled(u64),
     /// The operation is not valid in the channel's current mode (e.g. a confirm-mode publish
     /// on a transactional channel).
     #[error("invalid operation: {0}")]

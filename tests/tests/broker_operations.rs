@@ -584,6 +584,64 @@ async fn ack_nack_reject_and_ack_multiple_settle_what_they_say() {
     conn.close().await.unwrap();
 }
 
+/// A delivery settles once: a second ack/nack/reject, or one of a delivery an earlier
+/// `multiple` ack or nack covered, is refused locally with `AlreadySettled`. Sent, RabbitMQ
+/// would close the channel with 406 (shown first with the by-tag form, which does send).
+#[tokio::test]
+async fn a_delivery_settles_once_and_a_second_settlement_is_never_sent() {
+    let conn = connect().await;
+    let ch = conn.open_channel().await.unwrap();
+    ch.confirm_select().await.unwrap();
+    let q = exclusive_queue(&ch, "once").await;
+    for body in ["d1", "d2", "d3", "d4", "d5", "d6"] {
+        publish_confirmed(&ch, "", &q, body, BasicProperties::default()).await;
+    }
+
+    // What a double ack does on the wire: the broker closes the channel with 406.
+    let raw = conn.open_channel().await.unwrap();
+    let (d, _) = raw.basic_get(&q, false).await.unwrap().unwrap();
+    raw.basic_ack(d.delivery_tag, false).await.unwrap();
+    raw.basic_ack(d.delivery_tag, false).await.unwrap();
+    let closed = raw.closed(WAIT).await.expect("the broker closes the channel");
+    assert_eq!(closed.reply_code(), Some(ReplyCode::PRECONDITION_FAILED), "{closed:?}");
+
+    let getter = conn.open_channel().await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(getter.basic_get(&q, false).await.unwrap().unwrap().0);
+    }
+    let [d2, d3, d4, d5, d6] = <[Delivery; 5]>::try_from(got).unwrap();
+    assert_eq!(&d2.body[..], b"d2");
+    assert!(!d2.is_settled());
+
+    // Twice the same settlement, then each other kind.
+    d2.ack().await.unwrap();
+    assert!(d2.is_settled());
+    for second in [d2.ack().await, d2.nack(true).await, d2.reject(false).await, d2.ack_multiple().await] {
+        assert!(matches!(second, Err(Error::AlreadySettled(tag)) if tag == d2.delivery_tag), "{second:?}");
+    }
+    // A multiple nack covers the earlier unsettled ones: they are settled without a call.
+    d4.nack_multiple(false).await.unwrap();
+    assert!(d3.is_settled() && d4.is_settled() && !d5.is_settled());
+    assert!(matches!(d3.ack().await, Err(Error::AlreadySettled(_))));
+    // The by-tag multiple form counts too.
+    getter.basic_ack(d5.delivery_tag, true).await.unwrap();
+    assert!(matches!(d5.reject(true).await, Err(Error::AlreadySettled(_))));
+    // Concurrent settlements of one delivery: exactly one is sent.
+    let (a, b) = tokio::join!(d6.ack(), d6.ack());
+    assert_eq!(u8::from(a.is_ok()) + u8::from(b.is_ok()), 1, "{a:?} {b:?}");
+
+    // Had any second settlement reached the broker, the channel would be closed by now: a
+    // round trip on it is answered after every ack sent before it.
+    getter.queue_declare(&q, passive(), Default::default()).await.unwrap();
+    assert!(getter.is_open());
+    getter.close().await.unwrap();
+    // d1 was acked through `raw` before its 406; d2..d6 are acked or dropped (nack without
+    // requeue): nothing went back to the queue.
+    assert_eq!(ready(&ch, &q).await, 0);
+    conn.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn basic_recover_redelivers_unacknowledged_messages() {
     let conn = connect().await;
