@@ -118,7 +118,11 @@ pub(crate) fn put_frame_header(buf: &mut BytesMut, frame_type: u8, channel: u16,
 /// Returns `Ok(None)` when more bytes are needed. The 7-byte header is checked first — type,
 /// and size against `limits` — so an oversized frame is refused before its payload is
 /// waited for or buffered; nothing is allocated from a length prefix. A complete frame is
-/// split off `buf` without copying, and body payloads and strings point into it.
+/// consumed from `buf` (also when it fails to decode). Body payloads, long strings and
+/// short strings over 38 bytes are `Bytes` pointing into `buf`'s memory, not copies: such a
+/// frame is split off without copying. Method and header frames whose strings are all short
+/// enough to be copied inline are read in place and never split off, which saves the
+/// reference counting.
 ///
 /// If `buf` starts with `AMQP`, the peer refused our protocol version and sent its own
 /// header: that is [`DecodeError::ProtocolRefused`].
@@ -158,27 +162,93 @@ pub fn decode_frame(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>
     if end != FRAME_END {
         return Err(DecodeError::BadFrameEnd { found: end });
     }
-    let mut frame = buf.split_to(whole).freeze();
-    frame.advance(7);
-    frame.truncate(whole - FRAME_OVERHEAD);
-    decode_payload(frame_type, channel, frame, limits)
-}
-
-#[inline]
-fn decode_payload(frame_type: u8, channel: u16, payload: Bytes, limits: &Limits) -> Result<Option<Frame>, DecodeError> {
-    let frame = match frame_type {
-        FRAME_METHOD => Frame::Method(channel, Method::read(&mut Reader::new(&payload, limits.max_depth))?),
-        FRAME_HEADER => Frame::Header(channel, ContentHeader::read(&mut Reader::new(&payload, limits.max_depth))?),
-        FRAME_BODY => Frame::Body(channel, payload),
+    match frame_type {
+        FRAME_BODY => Ok(Some(Frame::Body(channel, split_payload(buf, whole)))),
+        FRAME_METHOD => decode_method(buf, channel, whole, limits),
+        FRAME_HEADER => decode_header(buf, channel, whole, limits),
         // Only heartbeats remain: the type was checked before the payload was buffered.
         _ => {
-            if channel != 0 || !payload.is_empty() {
-                return Err(DecodeError::BadHeartbeat { channel, size: payload.len() as u32 });
+            buf.advance(whole);
+            if channel != 0 || size != 0 {
+                return Err(DecodeError::BadHeartbeat { channel, size });
             }
-            Frame::Heartbeat
+            Ok(Some(Frame::Heartbeat))
         }
-    };
-    Ok(Some(frame))
+    }
+}
+
+// Method and header frames are read straight from the buffer first, without splitting the
+// frame off; that is enough unless a field has to share the payload (see `Reader`), and
+// then the frame is split off and read again. Both functions consume the frame whatever
+// the outcome, as splitting it off first did.
+
+/// Decodes the method frame of `whole` bytes at the front of `buf`.
+#[inline]
+fn decode_method(
+    buf: &mut BytesMut,
+    channel: u16,
+    whole: usize,
+    limits: &Limits,
+) -> Result<Option<Frame>, DecodeError> {
+    let mut r = Reader::borrowed(payload_of(buf, whole), limits.max_depth);
+    match Method::read(&mut r) {
+        Ok(method) => {
+            buf.advance(whole);
+            Ok(Some(Frame::Method(channel, method)))
+        }
+        Err(_) if r.needs_shared => {
+            let payload = split_payload(buf, whole);
+            Ok(Some(Frame::Method(channel, Method::read(&mut Reader::new(&payload, limits.max_depth))?)))
+        }
+        Err(e) => {
+            buf.advance(whole);
+            Err(e)
+        }
+    }
+}
+
+/// Decodes the content header frame of `whole` bytes at the front of `buf`.
+///
+/// The header is filled in where it is returned from: built and then moved into the frame
+/// and the result, its properties (hundreds of bytes) would be copied several times.
+#[inline]
+fn decode_header(
+    buf: &mut BytesMut,
+    channel: u16,
+    whole: usize,
+    limits: &Limits,
+) -> Result<Option<Frame>, DecodeError> {
+    let mut frame = Ok(Some(Frame::Header(channel, ContentHeader::default())));
+    if let Ok(Some(Frame::Header(_, header))) = &mut frame {
+        let mut r = Reader::borrowed(payload_of(buf, whole), limits.max_depth);
+        match header.read_into(&mut r) {
+            Err(_) if r.needs_shared => {
+                let payload = split_payload(buf, whole);
+                *header = ContentHeader::default();
+                header.read_into(&mut Reader::new(&payload, limits.max_depth))?;
+            }
+            result => {
+                buf.advance(whole);
+                result?;
+            }
+        }
+    }
+    frame
+}
+
+/// The payload of the frame of `whole` bytes at the front of `buf`, in place.
+#[inline]
+fn payload_of(buf: &BytesMut, whole: usize) -> &[u8] {
+    buf.get(7..whole - 1).unwrap_or_default()
+}
+
+/// Splits the frame of `whole` bytes off `buf`; returns its payload, sharing the memory.
+#[inline]
+fn split_payload(buf: &mut BytesMut, whole: usize) -> Bytes {
+    let mut payload = buf.split_to(whole).freeze();
+    payload.advance(7);
+    payload.truncate(whole - FRAME_OVERHEAD);
+    payload
 }
 
 /// The peer sent `AMQP` + version instead of a frame: it refuses the version we asked for.

@@ -4,8 +4,9 @@
 //! clock, no async runtime: the client crate `lepus` drives it.
 //!
 //! - **Zero-copy decoding.** [`decode_frame`] checks the 7-byte frame header against the
-//!   [`Limits`] before waiting for the payload, splits the frame off the read buffer, and
-//!   returns body payloads, long strings and short strings as `Bytes` pointing into it.
+//!   [`Limits`] before waiting for the payload, and returns body payloads, long strings and
+//!   short strings over 38 bytes as `Bytes` pointing into the read buffer (shorter strings
+//!   are copied inline, which is cheaper than sharing them).
 //! - **Direct encoding.** [`Frame::encode`] and [`encode_publish`] write into the caller's
 //!   `BytesMut`; [`encode_publish_vectored`] hands a large body back as slices of itself.
 //! - **Every method** of every class, RabbitMQ's extensions included ([`method`]), the 14

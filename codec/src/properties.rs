@@ -40,12 +40,14 @@ macro_rules! basic_properties {
                 flags
             }
 
+            /// Reads the flags and the properties they announce into `self`, which is
+            /// expected to be all `None`: filled in place, the properties (hundreds of
+            /// bytes) are not moved again on their way into the frame.
             #[inline]
-            pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+            pub(crate) fn read_into(&mut self, r: &mut Reader<'_>) -> Result<(), DecodeError> {
                 let flags = read_flags(r)?;
-                let mut props = BasicProperties::default();
-                $(if flags & (1 << $bit) != 0 { props.$field = Some(r.$wire()?); })*
-                Ok(props)
+                $(if flags & (1 << $bit) != 0 { self.$field = Some(r.$wire()?); })*
+                Ok(())
             }
 
             pub(crate) fn write(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
@@ -130,17 +132,19 @@ impl ContentHeader {
         ContentHeader { class_id: BASIC_CLASS_ID, weight: 0, body_size, properties }
     }
 
+    /// Reads a content header payload into `self`, expected to be the default: in place,
+    /// like [`BasicProperties::read_into`].
     #[inline]
-    pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    pub(crate) fn read_into(&mut self, r: &mut Reader<'_>) -> Result<(), DecodeError> {
         let class_id = r.short()?;
         if class_id != BASIC_CLASS_ID {
             return Err(DecodeError::HeaderClass(class_id));
         }
-        let weight = r.short()?;
-        let body_size = r.longlong()?;
-        let properties = BasicProperties::read(r)?;
-        r.finish("content header")?;
-        Ok(ContentHeader { class_id, weight, body_size, properties })
+        self.class_id = class_id;
+        self.weight = r.short()?;
+        self.body_size = r.longlong()?;
+        self.properties.read_into(r)?;
+        r.finish("content header")
     }
 
     pub(crate) fn write(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {

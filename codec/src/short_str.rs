@@ -69,15 +69,23 @@ impl ShortStr {
         ShortStr(Repr::Shared(Bytes::new()))
     }
 
-    /// Copies short slices inline (decoder use).
+    /// The first `len` bytes of `src` copied inline, if `len` is small enough and `src`
+    /// that long (decoder use).
     #[inline]
-    pub(crate) fn from_slice_inline(s: &[u8]) -> Option<Self> {
-        if s.len() > INLINE {
+    pub(crate) fn inline_prefix(src: &[u8], len: usize) -> Option<Self> {
+        if len > INLINE {
             return None;
         }
-        let mut buf = [0u8; INLINE];
-        buf.get_mut(..s.len())?.copy_from_slice(s);
-        Some(ShortStr(Repr::Inline(s.len() as u8, buf)))
+        let buf = if let Some(window) = src.first_chunk::<INLINE>() {
+            // A fixed-size copy is a few vector moves where a copy of `len` bytes is a call
+            // to `memcpy`. The bytes after `len` are never looked at.
+            *window
+        } else {
+            let mut buf = [0u8; INLINE];
+            buf.get_mut(..len)?.copy_from_slice(src.get(..len)?);
+            buf
+        };
+        Some(ShortStr(Repr::Inline(len as u8, buf)))
     }
 
     /// A short string from a static string, without copying.

@@ -13,21 +13,48 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::{DecodeError, EncodeError, FieldTable, ShortStr, field_table};
 
 /// Reads fields from one frame payload.
+///
+/// A reader is either *shared*, over a payload split off the read buffer as `Bytes`, or
+/// *borrowed*, straight over the read buffer's bytes. Splitting a frame off costs two
+/// atomic reference-count operations and a few dozen instructions, which a method or
+/// header frame whose strings are all short (so copied inline) does not need: those are
+/// read borrowed first. A borrowed reader refuses the fields that would have to share the
+/// payload (long strings, short strings over the inline size, tables) and sets
+/// [`Reader::needs_shared`]; the caller then reads the frame again, shared.
 pub(crate) struct Reader<'a> {
-    /// The whole payload, so that strings can be returned as slices of it.
-    payload: &'a Bytes,
-    /// What is left to read; always a sub-slice of `payload` (a suffix, or for a
-    /// sub-reader a table's body).
+    /// The whole payload when shared, so that strings can be returned as slices of it.
+    payload: Option<&'a Bytes>,
+    /// What is left to read; when shared, always a sub-slice of `payload` (a suffix, or
+    /// for a sub-reader a table's body).
     rest: &'a [u8],
     bits: u8,
     /// Next bit to hand out from `bits`; 8 means "read a fresh octet".
     bit_pos: u8,
+    /// Set by a borrowed reader that met a field it cannot return without sharing the
+    /// payload; the error it returned then only means "read this frame shared".
+    pub(crate) needs_shared: bool,
     pub(crate) max_depth: usize,
 }
 
 impl<'a> Reader<'a> {
+    /// A shared reader over a whole payload.
+    #[inline]
     pub(crate) fn new(payload: &'a Bytes, max_depth: usize) -> Self {
-        Reader { payload, rest: payload, bits: 0, bit_pos: 8, max_depth }
+        Reader { payload: Some(payload), rest: payload, bits: 0, bit_pos: 8, needs_shared: false, max_depth }
+    }
+
+    /// A borrowed reader over payload bytes still in the read buffer.
+    #[inline]
+    pub(crate) fn borrowed(payload: &'a [u8], max_depth: usize) -> Self {
+        Reader { payload: None, rest: payload, bits: 0, bit_pos: 8, needs_shared: false, max_depth }
+    }
+
+    /// Marks this borrowed reader as needing a shared payload; returns the error to bail
+    /// out with (the caller looks at [`Reader::needs_shared`], not at the error).
+    #[cold]
+    fn bail_to_shared(&mut self, field: &'static str) -> DecodeError {
+        self.needs_shared = true;
+        DecodeError::Truncated { field }
     }
 
     #[inline]
@@ -77,21 +104,32 @@ impl<'a> Reader<'a> {
 
     /// `len` bytes as a zero-copy slice of the payload.
     pub(crate) fn bytes(&mut self, len: usize, field: &'static str) -> Result<Bytes, DecodeError> {
+        let Some(payload) = self.payload else {
+            return Err(self.bail_to_shared(field));
+        };
         self.bit_pos = 8;
         let (taken, rest) = self.rest.split_at_checked(len).ok_or(DecodeError::Truncated { field })?;
         self.rest = rest;
         // `rest` (of this reader or of a sub-reader) always lies inside `payload`, so
         // `slice_ref` finds it; it shares the payload's memory instead of copying.
-        Ok(self.payload.slice_ref(taken))
+        Ok(payload.slice_ref(taken))
     }
 
+    #[inline]
     pub(crate) fn shortstr(&mut self) -> Result<ShortStr, DecodeError> {
         let [len] = self.take::<1>("shortstr length")?;
         let len = usize::from(len);
-        if let Some(s) = self.rest.get(..len).and_then(ShortStr::from_slice_inline) {
+        if let Some(s) = ShortStr::inline_prefix(self.rest, len) {
+            // `inline_prefix` checked that `rest` holds `len` bytes.
             self.rest = self.rest.get(len..).unwrap_or_default();
             return Ok(s);
         }
+        self.shortstr_shared(len)
+    }
+
+    /// A short string too long to copy inline, or truncated.
+    #[inline(never)]
+    fn shortstr_shared(&mut self, len: usize) -> Result<ShortStr, DecodeError> {
         let bytes = self.bytes(len, "shortstr")?;
         Ok(ShortStr::from_bytes_unchecked(bytes))
     }
@@ -102,6 +140,10 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn table(&mut self) -> Result<FieldTable, DecodeError> {
+        // Tables hold long strings, and their sub-readers could not report back here.
+        if self.payload.is_none() {
+            return Err(self.bail_to_shared("field table"));
+        }
         field_table::read_table(self, 1)
     }
 
@@ -110,7 +152,14 @@ impl<'a> Reader<'a> {
         self.bit_pos = 8;
         let (inner, rest) = self.rest.split_at_checked(len).ok_or(DecodeError::Truncated { field })?;
         self.rest = rest;
-        Ok(Reader { payload: self.payload, rest: inner, bits: 0, bit_pos: 8, max_depth: self.max_depth })
+        Ok(Reader {
+            payload: self.payload,
+            rest: inner,
+            bits: 0,
+            bit_pos: 8,
+            needs_shared: false,
+            max_depth: self.max_depth,
+        })
     }
 
     pub(crate) fn is_empty(&self) -> bool {

@@ -54,6 +54,37 @@ fn delivered_body_and_strings_point_into_the_read_buffer() {
 }
 
 #[test]
+fn header_strings_over_the_inline_limit_and_tables_point_into_the_read_buffer() {
+    // Method and header frames are read in place first; a field that has to share the
+    // frame's memory makes the decoder split the frame off and read it again.
+    let long_id = "correlation-7d0c3f0e-5d6b-4a4b-9a59-3c1f8a0d2e11";
+    let mut headers = FieldTable::new();
+    headers.insert("trace", "0af7651916cd43dd8448eb211c80319c").unwrap();
+    let properties = BasicProperties {
+        content_type: Some(ShortStr::from_static("application/json").unwrap()),
+        headers: Some(headers.clone()),
+        correlation_id: Some(ShortStr::from_static(long_id).unwrap()),
+        ..BasicProperties::default()
+    };
+    let sent = ContentHeader::new(3, properties);
+    let mut wire = BytesMut::new();
+    Frame::Header(1, sent.clone()).encode(&mut wire).unwrap();
+    let region = range_of(&wire);
+    let Some(Frame::Header(1, got)) = decode_frame(&mut wire, &Limits::default()).unwrap() else {
+        panic!("header expected")
+    };
+    assert!(wire.is_empty());
+    assert_eq!(got, sent);
+    let id = got.properties.correlation_id.as_ref().unwrap();
+    assert!(inside(&region, id), "a long short-string property was copied");
+    let trace = match got.properties.headers.as_ref().and_then(|h| h.get("trace")) {
+        Some(lepus_codec::FieldValue::LongString(b)) => b.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(inside(&region, &trace), "a header table's long string was copied");
+}
+
+#[test]
 fn long_strings_and_table_values_point_into_the_read_buffer() {
     let mut props = FieldTable::new();
     props.insert("product", "RabbitMQ").unwrap();

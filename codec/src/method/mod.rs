@@ -96,7 +96,10 @@ macro_rules! methods {
                     $(($class, $method) => Method::$variant($module::$ty::read(r)?),)*
                     _ => return Err(DecodeError::UnknownMethod { class_id, method_id }),
                 };
-                r.finish(spec_of(class_id, method_id))?;
+                // The name is looked up only for the error.
+                if !r.is_empty() {
+                    r.finish(spec_of(class_id, method_id))?;
+                }
                 Ok(method)
             }
 
