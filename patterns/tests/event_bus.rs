@@ -11,10 +11,10 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use lepus::{Connection, QueueDeleteOptions};
+use lepus::Connection;
 
 mod common;
-use common::{connect, unique};
+use common::{Cleanup, connect, unique};
 use lepus_patterns::event_bus::{ConsumerGroup, EventBus, EventBusError, EventBusOptions, EventBusStats, EventMessage};
 
 const TEST_LIMIT: Duration = Duration::from_secs(60);
@@ -32,15 +32,15 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-/// Deletes a bus's exchange and its groups' queues when dropped, even when the test
-/// failed: on a thread with a runtime and a connection of its own.
-#[derive(Default)]
-struct Cleanup {
-    queues: Vec<String>,
-    exchanges: Vec<String>,
+/// What a bus leaves on the broker, for [`Cleanup`] to delete when the test ends.
+trait BusCleanup {
+    /// A guard for the bus's exchange.
+    fn bus(name: &str) -> Self;
+    /// Adds a group's queues and dead-letter exchange.
+    fn group(&mut self, group: &ConsumerGroup);
 }
 
-impl Cleanup {
+impl BusCleanup for Cleanup {
     fn bus(name: &str) -> Self {
         Cleanup { queues: Vec::new(), exchanges: vec![name.to_owned()] }
     }
@@ -51,29 +51,6 @@ impl Cleanup {
         self.queues.push(topology.queue().to_owned());
         self.queues.push(topology.dead_letter_queue_name().to_owned());
         self.exchanges.push(topology.dead_letter_exchange_name().to_owned());
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let queues = std::mem::take(&mut self.queues);
-        let exchanges = std::mem::take(&mut self.exchanges);
-        let cleaner = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async move {
-                let conn = connect().await;
-                let channel = conn.open_channel().await.unwrap();
-                for q in &queues {
-                    channel.queue_delete(q, QueueDeleteOptions::default()).await.unwrap();
-                }
-                for e in &exchanges {
-                    channel.exchange_delete(e, false).await.unwrap();
-                }
-                conn.close().await.unwrap();
-            });
-        });
-        let failed = cleaner.join().is_err();
-        assert!(!failed || std::thread::panicking(), "cleaning up the test's queues and exchanges failed");
     }
 }
 
