@@ -112,8 +112,23 @@ impl ContentAssembler {
         Ok(None)
     }
 
+    /// Refuses the message whose header is due, announced with `body_size` bytes, because
+    /// its header could not be read (see [`crate::header_frame_prefix`]): its body frames
+    /// are then consumed silently, and its method is kept for [`ContentAssembler::take_rejected`].
+    /// Without a content method before it, the header itself is out of place.
+    pub fn refuse_header(&mut self, body_size: u64) -> Result<(), DecodeError> {
+        let State::Header(method) = std::mem::take(&mut self.state) else {
+            return Err(DecodeError::UnexpectedFrame("content header without a content method"));
+        };
+        if body_size > 0 {
+            self.state = State::Discard { remaining: body_size };
+        }
+        self.rejected = Some(method);
+        Ok(())
+    }
+
     /// The method (e.g. `basic.deliver`, with its delivery tag) of the last message refused
-    /// with [`DecodeError::MessageTooLarge`], so the caller can reject it rather than lose it.
+    /// (with [`DecodeError::MessageTooLarge`], or by [`ContentAssembler::refuse_header`]), so the caller can reject it rather than lose it.
     pub fn take_rejected(&mut self) -> Option<Method> {
         self.rejected.take()
     }

@@ -177,6 +177,32 @@ pub fn decode_frame(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>
     }
 }
 
+/// The channel and announced body size of the content header frame at the front of `buf`,
+/// read without decoding its properties; `None` if `buf` does not start with a whole enough
+/// header frame.
+///
+/// A header whose properties cannot be decoded for a limit of ours (tables nested past
+/// [`Limits::max_depth`]) is consumed by [`decode_frame`] like any other frame, so the stream
+/// stays in step; with this, read before decoding, the receiver knows which message to refuse
+/// (reject back to its queue) and how many body bytes of it to skip, instead of closing the
+/// connection over one message.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use lepus_codec::{BasicProperties, ContentHeader, Frame, header_frame_prefix};
+/// let mut buf = BytesMut::new();
+/// Frame::Header(3, ContentHeader::new(42, BasicProperties::default())).encode(&mut buf)?;
+/// assert_eq!(header_frame_prefix(&buf), Some((3, 42)));
+/// # Ok::<(), lepus_codec::EncodeError>(())
+/// ```
+pub fn header_frame_prefix(buf: &[u8]) -> Option<(u16, u64)> {
+    // type, channel (2), size (4), then class (2), weight (2), body size (8).
+    let (&[frame_type, c0, c1, _, _, _, _, _, _, _, _, b0, b1, b2, b3, b4, b5, b6, b7], _) =
+        buf.split_first_chunk::<19>()?;
+    (frame_type == FRAME_HEADER)
+        .then(|| (u16::from_be_bytes([c0, c1]), u64::from_be_bytes([b0, b1, b2, b3, b4, b5, b6, b7])))
+}
+
 // Method and header frames are read straight from the buffer first, without splitting the
 // frame off; that is enough unless a field has to share the payload (see `Reader`), and
 // then the frame is split off and read again. Both functions consume the frame whatever

@@ -47,7 +47,7 @@ pub use error::{DecodeError, EncodeError};
 pub use field_table::{Decimal, FieldArray, FieldTable, FieldValue};
 pub use frame::{
     FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_OVERHEAD, Frame, PROTOCOL_HEADER,
-    decode_frame,
+    decode_frame, header_frame_prefix,
 };
 pub use limits::Limits;
 pub use method::Method;

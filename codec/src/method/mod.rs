@@ -51,6 +51,8 @@ macro_rules! methods {
                 pub const METHOD_ID: u16 = $method;
                 /// The specification's name, `class.method`.
                 pub const NAME: &'static str = $spec;
+                /// `(class id, method id)`, as a reply is matched against it.
+                pub const ID: (u16, u16) = ($class, $method);
             }
 
             impl From<$module::$ty> for Method {
@@ -75,6 +77,11 @@ macro_rules! methods {
             /// The method id within its class.
             pub const fn method_id(&self) -> u16 {
                 match self { $(Method::$variant(_) => $method,)* }
+            }
+
+            /// `(class id, method id)`: compare with a method type's `ID` constant.
+            pub const fn id(&self) -> (u16, u16) {
+                (self.class_id(), self.method_id())
             }
 
             /// The specification's name, `class.method`.
