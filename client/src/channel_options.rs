@@ -86,7 +86,7 @@ pub struct QueueDeleteOptions {
 /// `basic.consume` options.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConsumeOptions {
-    /// Consumer tag; empty lets the broker choose one.
+    /// Consumer tag; empty lets the client choose one unique on the connection.
     pub consumer_tag: String,
     /// Deliveries need no acknowledgement (at-most-once).
     pub no_ack: bool,
@@ -94,20 +94,11 @@ pub struct ConsumeOptions {
     pub exclusive: bool,
     /// Consumer arguments (`x-priority`, `x-stream-offset`, ...).
     pub arguments: FieldTable,
-    /// Deliveries buffered for this consumer before the connection stops reading the
-    /// socket. Keep it at least the prefetch count, so acking consumers never stall it.
-    pub buffer: usize,
 }
 
 impl Default for ConsumeOptions {
     fn default() -> Self {
-        ConsumeOptions {
-            consumer_tag: String::new(),
-            no_ack: false,
-            exclusive: false,
-            arguments: FieldTable::new(),
-            buffer: 1024,
-        }
+        ConsumeOptions { consumer_tag: String::new(), no_ack: false, exclusive: false, arguments: FieldTable::new() }
     }
 }
 

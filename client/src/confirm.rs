@@ -5,6 +5,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -12,7 +13,7 @@ use futures_core::Stream;
 use lepus_codec::{BasicProperties, Content, Method, ReplyCode, ShortStr};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Error, connection::ConnShared, proto};
+use crate::{Error, conn_shared::ConnShared, proto};
 
 /// A message the broker gave back: mandatory, and no queue was bound for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,11 +82,15 @@ impl From<proto::Confirmation> for Confirmation {
 }
 
 /// Resolves to the broker's [`Confirmation`] of one publish, or to the error that closed its
-/// channel or connection first. Dropping it does not cancel the publish.
+/// channel or connection first, or to [`Error::Timeout`] past the publishing handle's
+/// deadline ([`crate::Channel::with_timeout`]; the outcome is then unknown). Dropping it does
+/// not cancel the publish.
 #[must_use = "a confirm that is never awaited tells nobody whether the message arrived"]
 pub struct PublisherConfirm {
     rx: Option<oneshot::Receiver<Result<proto::Confirmation, Error>>>,
     conn: Arc<ConnShared>,
+    /// The publishing handle's deadline, counted from the publish.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl std::fmt::Debug for PublisherConfirm {
@@ -95,12 +100,17 @@ impl std::fmt::Debug for PublisherConfirm {
 }
 
 impl PublisherConfirm {
-    pub(crate) fn pending(rx: oneshot::Receiver<Result<proto::Confirmation, Error>>, conn: Arc<ConnShared>) -> Self {
-        PublisherConfirm { rx: Some(rx), conn }
+    pub(crate) fn pending(
+        rx: oneshot::Receiver<Result<proto::Confirmation, Error>>,
+        conn: Arc<ConnShared>,
+        timeout: Option<Duration>,
+    ) -> Self {
+        let deadline = timeout.map(|t| Box::pin(tokio::time::sleep(t)));
+        PublisherConfirm { rx: Some(rx), conn, deadline }
     }
 
     pub(crate) fn not_requested(conn: Arc<ConnShared>) -> Self {
-        PublisherConfirm { rx: None, conn }
+        PublisherConfirm { rx: None, conn, deadline: None }
     }
 }
 
@@ -110,7 +120,11 @@ impl Future for PublisherConfirm {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let Some(rx) = self.rx.as_mut() else { return Poll::Ready(Ok(Confirmation::NotRequested)) };
         match Pin::new(rx).poll(cx) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => match self.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
+                // The outcome is unknown: the broker may still confirm (or not) the message.
+                Some(Poll::Ready(())) => Poll::Ready(Err(Error::Timeout("waiting for a publisher confirm"))),
+                _ => Poll::Pending,
+            },
             Poll::Ready(Ok(result)) => Poll::Ready(result.map(Confirmation::from)),
             // The driver is gone without answering: it closed, and that is the answer.
             Poll::Ready(Err(_)) => Poll::Ready(Err(self.conn.closed_error())),

@@ -1,169 +1,26 @@
 //! `Connection`: connect, open channels, watch blocking and closing, close.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, OnceLock, PoisonError},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use lepus_codec::{Content, FieldTable, FieldValue, ReplyCode, ShortStr};
+use lepus_codec::{FieldTable, FieldValue, ReplyCode, ShortStr};
 use tokio::{
     net::TcpStream,
-    sync::{broadcast, mpsc, oneshot, watch},
+    sync::{broadcast, mpsc, oneshot},
 };
 
 use crate::{
-    Channel, ConnectionOptions, Error,
-    channel::ChannelShared,
-    driver::{self, Command},
-    proto::{self, ChannelKey, Tuning},
+    Channel, ConnectionEvent, ConnectionOptions, Error,
+    channel_shared::ChannelShared,
+    command::{Command, CommandSender},
+    conn_shared::{ConnShared, HandleLimits},
+    deadline::within,
+    driver::{self, SocketControl},
+    proto::{self, Tuning},
 };
 
-/// Commands in flight from all handles of one connection before senders wait.
-const COMMAND_CAPACITY: usize = 4096;
-/// Connection events kept for slow readers of [`Connection::events`].
-const EVENT_CAPACITY: usize = 64;
-
-/// Something that happened to the connection as a whole.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum ConnectionEvent {
-    /// The broker blocked publishing (memory or disk alarm), with its reason.
-    Blocked(String),
-    /// The broker lifted the block.
-    Unblocked,
-    /// The connection closed, with why.
-    Closed(Error),
-}
-
-/// The handles' way to the driver. Only handles hold one: when the last is dropped, the
-/// driver sees the queue close and closes the connection.
-#[derive(Clone)]
-pub(crate) struct Commands {
-    tx: mpsc::Sender<Command>,
-    pub(crate) conn: Arc<ConnShared>,
-}
-
-impl Commands {
-    /// Sends a command to the driver; fails with the close reason if it has stopped.
-    pub(crate) async fn send(&self, cmd: Command) -> Result<(), Error> {
-        self.tx.send(cmd).await.map_err(|_| self.conn.closed_error())
-    }
-
-    /// Sends without waiting (for `Drop`); gives up if the queue is full or closed.
-    pub(crate) fn try_send(&self, cmd: Command) -> bool {
-        self.tx.try_send(cmd).is_ok()
-    }
-}
-
-/// State the driver and the handles share. Written by the driver only; it holds no way to
-/// send commands, so the driver keeping it does not keep the connection alive.
-pub(crate) struct ConnShared {
-    info: OnceLock<(Tuning, FieldTable)>,
-    blocked: watch::Sender<Option<String>>,
-    closed: watch::Sender<Option<Error>>,
-    events: broadcast::Sender<ConnectionEvent>,
-    channels: Mutex<HashMap<u16, Arc<ChannelShared>>>,
-    pub(crate) publish_window: usize,
-    pub(crate) blocked_timeout: Option<Duration>,
-}
-
-impl ConnShared {
-    pub(crate) fn connected(&self, tuning: Tuning, server_properties: FieldTable) {
-        let _ = self.info.set((tuning, server_properties));
-    }
-
-    pub(crate) fn tuning(&self) -> Tuning {
-        self.info.get().map(|(t, _)| *t).unwrap_or_default()
-    }
-
-    pub(crate) fn set_blocked(&self, reason: Option<String>) {
-        let event = match &reason {
-            Some(r) => ConnectionEvent::Blocked(r.clone()),
-            None => ConnectionEvent::Unblocked,
-        };
-        self.blocked.send_replace(reason);
-        // Nobody listening is fine: events never wait for readers.
-        let _ = self.events.send(event);
-    }
-
-    pub(crate) fn blocked_rx(&self) -> watch::Receiver<Option<String>> {
-        self.blocked.subscribe()
-    }
-
-    /// Whether the broker blocks publishing now, without subscribing (the publish hot path).
-    pub(crate) fn is_blocked(&self) -> bool {
-        self.blocked.borrow().is_some()
-    }
-
-    pub(crate) fn closed(&self, error: &Error) {
-        if self.closed.borrow().is_some() {
-            return;
-        }
-        self.closed.send_replace(Some(error.clone()));
-        // A closed connection blocks nobody: publishers waiting for the block to lift
-        // wake up and find the connection closed.
-        self.blocked.send_replace(None);
-        let _ = self.events.send(ConnectionEvent::Closed(error.clone()));
-        let channels = std::mem::take(&mut *self.channels.lock().unwrap_or_else(PoisonError::into_inner));
-        for channel in channels.into_values() {
-            channel.closed(error.clone());
-        }
-    }
-
-    /// The error the connection closed with, or a generic one if it is still open (used
-    /// when a reply channel broke, which only happens when the driver is gone).
-    pub(crate) fn closed_error(&self) -> Error {
-        self.closed.borrow().clone().unwrap_or_else(|| {
-            Error::ConnectionClosed(crate::CloseReason::client(
-                ReplyCode::INTERNAL_ERROR,
-                "the connection driver stopped",
-            ))
-        })
-    }
-
-    pub(crate) fn check_open(&self) -> Result<(), Error> {
-        match &*self.closed.borrow() {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
-        }
-    }
-
-    pub(crate) fn register(&self, channel: Arc<ChannelShared>) {
-        self.channels.lock().unwrap_or_else(PoisonError::into_inner).insert(channel.key.id, channel);
-    }
-
-    fn channel(&self, key: ChannelKey) -> Option<Arc<ChannelShared>> {
-        let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        channels.get(&key.id).filter(|c| c.key == key).cloned()
-    }
-
-    pub(crate) fn channel_closed(&self, key: ChannelKey, error: Error) {
-        let removed = {
-            let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-            match channels.get(&key.id) {
-                Some(c) if c.key == key => channels.remove(&key.id),
-                _ => None,
-            }
-        };
-        if let Some(channel) = removed {
-            channel.closed(error);
-        }
-    }
-
-    pub(crate) fn channel_flow(&self, key: ChannelKey, active: bool) {
-        if let Some(channel) = self.channel(key) {
-            channel.set_flow(active);
-        }
-    }
-
-    pub(crate) fn returned(&self, key: ChannelKey, content: Content) {
-        if let Some(channel) = self.channel(key) {
-            channel.returned(content);
-        }
-    }
-}
+/// Bytes of publishes that may wait for the driver to take them before publishers wait.
+const PUBLISH_BUDGET: usize = 4 << 20;
 
 /// A connection to RabbitMQ: cheap to clone; every clone and every channel talks to the one
 /// task that owns the socket. Dropping the last handle (channels and deliveries included)
@@ -180,7 +37,9 @@ impl ConnShared {
 #[derive(Clone)]
 pub struct Connection {
     shared: Arc<ConnShared>,
-    commands: Commands,
+    commands: CommandSender,
+    /// The deadline of this handle's calls.
+    timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -210,69 +69,92 @@ impl Connection {
         let host = options.get_host().to_owned();
         let tcp = TcpStream::connect((host.as_str(), options.get_port())).await?;
         tcp.set_nodelay(true)?;
+        let socket = SocketControl::for_tcp(&tcp);
         let config = crate::client_config::build(&options)?;
-        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
-        let shared = Arc::new(ConnShared {
-            info: OnceLock::new(),
-            blocked: watch::Sender::new(None),
-            closed: watch::Sender::new(None),
-            events: broadcast::Sender::new(EVENT_CAPACITY),
-            channels: Mutex::new(HashMap::new()),
+        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(ConnShared::new(HandleLimits {
             publish_window: options.get_publish_window().max(1),
             blocked_timeout: options.get_blocked_publish_timeout(),
-        });
-        let proto = proto::Connection::new(config, std::time::Instant::now());
+            call_timeout: options.get_call_timeout(),
+            publish_budget: PUBLISH_BUDGET,
+            max_unread: options.get_max_unread_bytes(),
+        }));
         let (connected_tx, connected_rx) = oneshot::channel();
+        let setup = driver::Setup {
+            proto: proto::Connection::new(config, std::time::Instant::now()),
+            commands: commands_rx,
+            shared: shared.clone(),
+            connected: connected_tx,
+            tls: options.get_tls().is_some(),
+            socket,
+            close_timeout: options.get_close_timeout(),
+        };
         match options.get_tls() {
             Some(tls) => {
                 let stream = crate::tls::connect(tcp, &host, tls).await?;
-                tokio::spawn(driver::run(stream, proto, commands_rx, shared.clone(), connected_tx, true));
+                tokio::spawn(driver::run(stream, setup));
             }
             None => {
-                tokio::spawn(driver::run(tcp, proto, commands_rx, shared.clone(), connected_tx, false));
+                tokio::spawn(driver::run(tcp, setup));
             }
         }
+        // From here, dropping `commands` (this future abandoned, or the handshake failed)
+        // is what tells the driver to close.
+        let commands = CommandSender::new(commands_tx, shared.clone());
         match connected_rx.await {
             Ok(Ok(())) => {
                 tracing::info!(host = %host, port = options.get_port(), "connected");
-                let commands = Commands { tx: commands_tx, conn: shared.clone() };
-                Ok(Connection { shared, commands })
+                let timeout = shared.limits.call_timeout;
+                Ok(Connection { shared, commands, timeout })
             }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(shared.closed_error()),
         }
     }
 
-    /// Opens a channel.
-    pub async fn open_channel(&self) -> Result<Channel, Error> {
-        self.shared.check_open()?;
-        let (tx, rx) = oneshot::channel();
-        self.commands.send(Command::OpenChannel { reply: tx }).await?;
-        let (key, opened) = rx.await.map_err(|_| self.shared.closed_error())??;
-        let channel = ChannelShared::new(key, self.shared.clone());
-        self.shared.register(channel.clone());
-        // From here the channel closes if this call is abandoned: the handle owns it.
-        let channel = Channel::new(channel, self.commands.clone());
-        match opened.await.map_err(|_| self.shared.closed_error())? {
-            Ok(_) => Ok(channel),
-            Err(e) => Err(e),
-        }
+    /// This connection handle with another deadline for its calls (`None`: none); other
+    /// handles keep theirs. See [`ConnectionOptions::call_timeout`].
+    #[must_use]
+    pub fn with_timeout(&self, timeout: Option<Duration>) -> Connection {
+        Connection { timeout, ..self.clone() }
     }
 
-    /// Closes the connection normally and waits for the broker's close-ok (or 5 s).
+    /// Opens a channel. Its calls get this handle's deadline.
+    pub async fn open_channel(&self) -> Result<Channel, Error> {
+        within(self.timeout, "opening a channel", async {
+            self.shared.check_open()?;
+            let shared = ChannelShared::new(self.shared.clone());
+            let (tx, rx) = oneshot::channel();
+            self.commands.send(Command::OpenChannel { channel: shared.clone(), reply: tx })?;
+            // From here the channel closes if this call is abandoned: the handle owns it.
+            let channel = Channel::new(shared.clone(), self.commands.clone(), self.timeout);
+            rx.await.map_err(|_| shared.close_reason_or_closed())??;
+            Ok(channel)
+        })
+        .await
+    }
+
+    /// Closes the connection normally and waits for the broker's `close-ok`.
+    ///
+    /// `Ok(())` once the broker confirmed the close (or if the connection had already
+    /// closed). [`Error::CloseNotConfirmed`] if no `close-ok` came within the close timeout
+    /// ([`ConnectionOptions::close_timeout`]) or the socket failed first: the connection is
+    /// closed either way, but the broker may not have seen the close.
     pub async fn close(&self) -> Result<(), Error> {
         self.close_with(ReplyCode::REPLY_SUCCESS, "closed by the application").await
     }
 
-    /// Closes the connection with a reply code and text.
+    /// Closes the connection with a reply code and text (see [`Connection::close`]).
     pub async fn close_with(&self, code: ReplyCode, text: &str) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Close { code, text: text.to_owned(), done: tx }).await.is_err() {
+        if self.commands.send(Command::Close { code, text: text.to_owned(), done: tx }).is_err() {
             // Already closed: closing again is not an error.
             return Ok(());
         }
-        let _ = rx.await;
-        Ok(())
+        // The command waits its turn behind everything sent before it, unless the socket is
+        // backed up: then this makes the driver close at once.
+        self.shared.request_close(code, text);
+        within(self.timeout, "closing the connection", async { rx.await.unwrap_or(Ok(())) }).await
     }
 
     /// True until the connection starts closing or fails.
@@ -285,24 +167,23 @@ impl Connection {
         self.shared.check_open().err()
     }
 
-    /// Waits until the connection has closed and returns why.
+    /// Waits until the connection has closed and its socket is released, and returns why it
+    /// closed.
     pub async fn closed(&self) -> Error {
-        let mut rx = self.shared.closed.subscribe();
-        match rx.wait_for(Option::is_some).await {
-            Ok(error) => error.clone().unwrap_or_else(|| self.shared.closed_error()),
-            Err(_) => self.shared.closed_error(),
-        }
+        let mut finished = self.shared.subscribe_finished();
+        let _ = finished.wait_for(|done| *done).await;
+        self.shared.closed_error()
     }
 
     /// The broker's reason while it blocks our publishers (`connection.blocked`).
     pub fn blocked(&self) -> Option<String> {
-        self.shared.blocked.borrow().clone()
+        self.shared.blocked_reason()
     }
 
     /// Blocked, unblocked and closed events. A receiver that falls behind loses the oldest
     /// events; the connection never waits for it.
     pub fn events(&self) -> broadcast::Receiver<ConnectionEvent> {
-        self.shared.events.subscribe()
+        self.shared.subscribe_events()
     }
 
     /// What was negotiated in `connection.tune`.
@@ -312,23 +193,29 @@ impl Connection {
 
     /// What the broker said about itself (`product`, `version`, `capabilities`, ...).
     pub fn server_properties(&self) -> FieldTable {
-        self.shared.info.get().map(|(_, p)| p.clone()).unwrap_or_default()
+        self.shared.server_properties()
     }
 
     /// Whether the broker advertises a capability (e.g. `"publisher_confirms"`).
     pub fn server_capability(&self, name: &str) -> bool {
-        self.shared.info.get().is_some_and(|(_, p)| {
-            p.get("capabilities").and_then(FieldValue::as_table).and_then(|c| c.get(name)).and_then(FieldValue::as_bool)
-                == Some(true)
-        })
+        self.shared
+            .server_properties()
+            .get("capabilities")
+            .and_then(FieldValue::as_table)
+            .and_then(|c| c.get(name))
+            .and_then(FieldValue::as_bool)
+            == Some(true)
     }
 
     /// Replaces the connection's secret, e.g. a refreshed OAuth token.
     pub async fn update_secret(&self, secret: impl Into<Bytes>, reason: &str) -> Result<(), Error> {
-        let (tx, rx) = oneshot::channel();
-        let cmd = Command::UpdateSecret { secret: secret.into(), reason: reason.to_owned(), reply: tx };
-        self.commands.send(cmd).await?;
-        rx.await.map_err(|_| self.shared.closed_error())?.map(|_| ())
+        let secret = secret.into();
+        within(self.timeout, "updating the secret", async {
+            let (tx, rx) = oneshot::channel();
+            self.commands.send(Command::UpdateSecret { secret, reason: reason.to_owned(), reply: tx })?;
+            rx.await.map_err(|_| self.shared.closed_error())?.map(|_| ())
+        })
+        .await
     }
 }
 

@@ -110,6 +110,10 @@ pub enum Error {
     /// All channel ids up to `channel_max` are in use.
     #[error("no free channel id (channel_max {0})")]
     ChannelLimit(u16),
+    /// `connection.close` was sent but the broker did not confirm it (no `close-ok` within
+    /// the close timeout, or the socket failed first). The connection is closed either way.
+    #[error("the close was not confirmed by the broker: {0}")]
+    CloseNotConfirmed(String),
     /// An operation did not complete in time.
     #[error("timed out: {0}")]
     Timeout(&'static str),

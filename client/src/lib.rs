@@ -37,16 +37,26 @@ pub use lepus_codec as codec;
 
 pub mod auth;
 mod channel;
+mod channel_link;
 mod channel_options;
+mod channel_shared;
 mod client_config;
+mod command;
 mod confirm;
+mod conn_shared;
 mod connection;
 mod consumer;
+mod deadline;
+mod delivery;
+mod delivery_queue;
 mod driver;
 mod error;
+mod events;
 pub mod options;
 pub mod proto;
+mod publish;
 mod queue_args;
+mod settle;
 pub mod tls;
 pub mod uri;
 
@@ -57,9 +67,11 @@ pub use channel_options::{
     QueueDeleteOptions,
 };
 pub use confirm::{Confirmation, PublisherConfirm, ReturnedMessage, Returns};
-pub use connection::{Connection, ConnectionEvent};
-pub use consumer::{Consumer, Delivery};
+pub use connection::Connection;
+pub use consumer::Consumer;
+pub use delivery::Delivery;
 pub use error::{CloseReason, Error, Initiator};
+pub use events::ConnectionEvent;
 pub use lepus_codec::{BasicProperties, FieldTable, FieldValue, ReplyCode, ShortStr};
 pub use options::ConnectionOptions;
 pub use queue_args::{Overflow, QueueArguments, QueueType};

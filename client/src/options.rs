@@ -52,6 +52,9 @@ pub struct ConnectionOptions {
     pub(crate) max_message_size: u64,
     pub(crate) publish_window: usize,
     pub(crate) blocked_publish_timeout: Option<Duration>,
+    pub(crate) call_timeout: Option<Duration>,
+    pub(crate) close_timeout: Duration,
+    pub(crate) max_unread_bytes: usize,
 }
 
 impl ConnectionOptions {
@@ -67,6 +70,11 @@ impl ConnectionOptions {
     pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
     /// The default cap on publishes awaiting a broker confirm, per channel.
     pub const DEFAULT_PUBLISH_WINDOW: usize = 1000;
+    /// The default time `connection.close` waits for the broker's `close-ok`.
+    pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+    /// The default cap on delivered bytes the application has not taken yet, across all
+    /// consumers of the connection, before the socket stops being read.
+    pub const DEFAULT_MAX_UNREAD_BYTES: usize = 16 << 20;
 
     /// `amqp://guest:guest@127.0.0.1:5672/` with PLAIN, heartbeat 60 s, `frame_max` 131072,
     /// `channel_max` 2047, a 30 s connection timeout, no TLS, a 128 MiB message cap, a
@@ -94,6 +102,9 @@ impl ConnectionOptions {
             max_message_size: Limits::DEFAULT_MAX_MESSAGE_SIZE,
             publish_window: Self::DEFAULT_PUBLISH_WINDOW,
             blocked_publish_timeout: None,
+            call_timeout: None,
+            close_timeout: Self::DEFAULT_CLOSE_TIMEOUT,
+            max_unread_bytes: Self::DEFAULT_MAX_UNREAD_BYTES,
         }
     }
 
@@ -237,6 +248,43 @@ impl ConnectionOptions {
         self
     }
 
+    /// A deadline for every call a handle makes (`None`, the default: no deadline). It covers
+    /// every wait a call can make: for the command to be taken while the socket is backed up,
+    /// for a blocked connection or a paused channel, for room in the confirm window, for the
+    /// broker's reply, and for a publisher confirm. A call past it fails with
+    /// [`crate::Error::Timeout`]. Waiting for the next delivery of a consumer is not a call
+    /// and is not bounded. [`crate::Connection::with_timeout`] and
+    /// [`crate::Channel::with_timeout`] set it per handle.
+    ///
+    /// With heartbeats on, a dead broker fails every call within two heartbeat intervals
+    /// anyway; this bounds calls when heartbeats are off, and bounds a live but slow broker.
+    #[must_use]
+    pub fn call_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// How long a close waits for the broker's `close-ok` (5 s by default). Past it the
+    /// socket is closed anyway and [`crate::Connection::close`] reports
+    /// [`crate::Error::CloseNotConfirmed`].
+    #[must_use]
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+
+    /// How many delivered bytes (each delivery counted at least 512) the application may
+    /// leave untaken across all consumers before the connection stops reading the socket
+    /// (16 MiB by default). Each consumer's backlog is bounded by the broker's prefetch
+    /// ([`crate::Channel::basic_qos`]); this bounds consumers without one (and `no_ack`
+    /// consumers, which prefetch does not limit). While reading is paused, a consumer that
+    /// is not read holds up the others, so set a prefetch.
+    #[must_use]
+    pub fn max_unread_bytes(mut self, bytes: usize) -> Self {
+        self.max_unread_bytes = bytes.max(1);
+        self
+    }
+
     /// How long a publish may wait while the broker has blocked the connection (a memory or
     /// disk alarm) before it fails; `None`, the default, waits until the broker unblocks.
     #[must_use]
@@ -313,6 +361,21 @@ impl ConnectionOptions {
     /// The blocked-publish timeout.
     pub fn get_blocked_publish_timeout(&self) -> Option<Duration> {
         self.blocked_publish_timeout
+    }
+
+    /// The deadline of every call (see [`ConnectionOptions::call_timeout`]).
+    pub fn get_call_timeout(&self) -> Option<Duration> {
+        self.call_timeout
+    }
+
+    /// How long a close waits for `close-ok`.
+    pub fn get_close_timeout(&self) -> Duration {
+        self.close_timeout
+    }
+
+    /// The cap on delivered bytes not yet taken by the application.
+    pub fn get_max_unread_bytes(&self) -> usize {
+        self.max_unread_bytes
     }
 
     /// The URI form, as a [`ParsedUri`] with the settings that differ from the defaults.

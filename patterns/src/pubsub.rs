@@ -220,8 +220,7 @@ impl Subscription {
     pub async fn consume(&self, prefetch: u16) -> Result<Consumer, Error> {
         let channel = self.conn.open_channel().await?;
         channel.basic_qos(prefetch, false).await?;
-        let buffer = if prefetch == 0 { ConsumeOptions::default().buffer } else { usize::from(prefetch) };
-        channel.basic_consume(&self.queue, ConsumeOptions { buffer, ..Default::default() }).await
+        channel.basic_consume(&self.queue, ConsumeOptions::default()).await
     }
 
     /// Messages waiting in the queue and its consumers, by a passive declare on a throwaway

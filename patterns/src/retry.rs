@@ -360,7 +360,7 @@ impl RetryConsumer {
             let channel = conn.open_channel().await?;
             channel.confirm_select().await?;
             channel.basic_qos(prefetch, false).await?;
-            let consume = ConsumeOptions { buffer: usize::from(prefetch), ..Default::default() };
+            let consume = ConsumeOptions::default();
             let consumer = channel.basic_consume(topology.queue(), consume).await?;
             Ok::<_, lepus::Error>((channel, consumer))
         };

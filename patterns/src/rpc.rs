@@ -808,7 +808,7 @@ impl RpcServer {
             if options.declare {
                 channel.queue_declare(queue, options.queue_options, options.queue_arguments.clone()).await?;
             }
-            let consume = ConsumeOptions { buffer: usize::from(prefetch), ..Default::default() };
+            let consume = ConsumeOptions::default();
             let consumer = channel.basic_consume(queue, consume).await?;
             Ok::<_, lepus::Error>((channel, consumer))
         };

@@ -572,8 +572,9 @@ async fn c4_script(mut peer: Peer, deliveries: u64) -> io::Result<(usize, Durati
     Ok(seen)
 }
 
-/// C4 with `deliveries` sent to a consumer buffering `buffer`, left unread for `idle`.
-async fn c4_case(deliveries: u64, buffer: usize, idle: Duration) {
+/// C4 with `deliveries` sent to a consumer left unread for `idle`, on a connection that
+/// stops reading the socket past `max_unread` unread bytes.
+async fn c4_case(deliveries: u64, max_unread: usize, idle: Duration) {
     let fake = FakeBroker::new()
         .tune(2047, 131_072, 2)
         .send_heartbeats(true)
@@ -582,16 +583,13 @@ async fn c4_case(deliveries: u64, buffer: usize, idle: Duration) {
         .start(move |peer| c4_script(peer, deliveries))
         .await
         .unwrap();
-    let conn = connect(fake.options()).await;
+    let conn = connect(fake.options().max_unread_bytes(max_unread)).await;
     assert_eq!(conn.tuning().heartbeat, 2);
     // Nobody reads these.
     let _events = conn.events();
     let channel = within(WAIT, "open", conn.open_channel()).await.unwrap();
     within(WAIT, "confirm.select", channel.confirm_select()).await.unwrap();
-    let mut consumer =
-        within(WAIT, "consume", channel.basic_consume("slow", ConsumeOptions { buffer, ..Default::default() }))
-            .await
-            .unwrap();
+    let mut consumer = within(WAIT, "consume", channel.basic_consume("slow", ConsumeOptions::default())).await.unwrap();
     let mut confirms = Vec::new();
     for i in 0..5u8 {
         let publish = channel.basic_publish("", "slow", vec![i], PublishOptions::default());
@@ -619,14 +617,14 @@ async fn c4_case(deliveries: u64, buffer: usize, idle: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c4_unpolled_consumer_and_confirms_for_10s_keep_the_connection() {
-    c4_case(3, ConsumeOptions::default().buffer, Duration::from_secs(10)).await;
+    c4_case(3, ConnectionOptions::DEFAULT_MAX_UNREAD_BYTES, Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c4_consumer_with_a_full_buffer_for_10s_keeps_the_connection() {
-    // More deliveries than the consumer buffers, as with no prefetch limit on a long queue:
-    // the client stops reading the socket, and must still not lose the connection: the
-    // broker's heartbeats wait unread in the socket, so that silence proves nothing.
+    // More unread deliveries than the connection keeps, as with no prefetch limit on a long
+    // queue: the client stops reading the socket, and must still not lose the connection:
+    // the broker's heartbeats wait unread in the socket, so that silence proves nothing.
     c4_case(4, 1, Duration::from_secs(10)).await;
 }
 

@@ -254,7 +254,7 @@ async fn n5_link_cut_at_a_random_byte_of_10k_confirmed_publishes() {
     let mut consumer = within(
         WAIT,
         "consume",
-        admin_channel.basic_consume(&queue, ConsumeOptions { no_ack: true, buffer: 2048, ..Default::default() }),
+        admin_channel.basic_consume(&queue, ConsumeOptions { no_ack: true, ..Default::default() }),
     )
     .await
     .unwrap();

@@ -10,6 +10,11 @@ use std::collections::VecDeque;
 
 use lepus_codec::{Content, ShortStr};
 
+/// Returns kept while no mandatory publish matches them. RabbitMQ returns only what was
+/// published mandatory, so these are a broker's slip or a hostile peer's; beyond this the
+/// oldest is dropped (and logged), so such a peer cannot grow memory without limit.
+const MAX_UNMATCHED_RETURNS: usize = 256;
+
 /// What a mandatory publish was sent with, to recognise its `basic.return` (returns carry no
 /// delivery tag).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +67,11 @@ impl<C> ConfirmTracker<C> {
         self.slots.iter().filter(|s| s.token.is_some()).count()
     }
 
+    /// Returns kept that matched no publish (yet).
+    pub(crate) fn unmatched_returns(&self) -> usize {
+        self.unmatched_returns.len()
+    }
+
     /// Registers the next publish (in wire order) and returns its delivery tag.
     pub(crate) fn push(&mut self, token: C, mandatory: Option<ReturnKey>) -> u64 {
         let tag = self.next;
@@ -96,10 +106,15 @@ impl<C> ConfirmTracker<C> {
                     k.exchange == *exchange && k.routing_key == *routing_key && k.body_size == body_size
                 })
         });
-        match slot {
-            Some(slot) => slot.returned = Some(Box::new(content)),
-            None => self.unmatched_returns.push_back(Box::new(content)),
+        if let Some(slot) = slot {
+            slot.returned = Some(Box::new(content));
+            return;
         }
+        if self.unmatched_returns.len() >= MAX_UNMATCHED_RETURNS {
+            self.unmatched_returns.pop_front();
+            tracing::warn!(kept = MAX_UNMATCHED_RETURNS, "dropped a returned message that matches no publish");
+        }
+        self.unmatched_returns.push_back(Box::new(content));
     }
 
     /// Applies an ack (`nack == false`) or nack for `tag`, `multiple` honoured. Resolved

@@ -5,8 +5,8 @@ use lepus_codec::{Content, DecodeError, Frame, Method, ReplyCode, method::basic,
 
 use super::{
     Connection, Delivery, Event, Reply, Tokens, Violation,
-    channel::{Channel, ChannelState},
-    enqueue, slot, violation,
+    channel::{Channel, ChannelState, Pending},
+    enqueue_control, slot, violation,
 };
 use crate::error::{CloseReason, Error, Initiator};
 
@@ -39,7 +39,7 @@ impl<T: Tokens> Connection<T> {
         }
         match method {
             Method::ChannelClose(close) => {
-                self.queue(&Frame::Method(id, chan::CloseOk {}.into()));
+                self.queue_control(&Frame::Method(id, chan::CloseOk {}.into()));
                 let reason = CloseReason {
                     reply_code: close.reply_code,
                     reply_text: close.reply_text.to_string(),
@@ -54,10 +54,15 @@ impl<T: Tokens> Connection<T> {
                 Ok(())
             }
             Method::ChannelFlow(flow) => {
-                enqueue(&mut self.out, &Frame::Method(id, chan::FlowOk { active: flow.active }.into()));
+                enqueue_control(&mut self.out, &Frame::Method(id, chan::FlowOk { active: flow.active }.into()));
                 channel.flow_active = flow.active;
-                let key = channel.key;
-                self.events.push_back(Event::ChannelFlow(key, flow.active));
+                if flow.active {
+                    // After the flow-ok: what waited goes out now, in order.
+                    for segment in channel.held.drain(..) {
+                        self.out.segment(segment);
+                    }
+                }
+                self.events.push_back(Event::ChannelFlow(channel.token.clone(), flow.active));
                 Ok(())
             }
             Method::BasicAck(ack) => self.confirm(id, ack.delivery_tag, ack.multiple, false),
@@ -69,7 +74,7 @@ impl<T: Tokens> Connection<T> {
                 }
                 if !cancel.nowait {
                     let ok = basic::CancelOk { consumer_tag: cancel.consumer_tag };
-                    enqueue(&mut self.out, &Frame::Method(id, ok.into()));
+                    enqueue_control(&mut self.out, &Frame::Method(id, ok.into()));
                 }
                 Ok(())
             }
@@ -102,11 +107,11 @@ impl<T: Tokens> Connection<T> {
                 format!("unexpected {} on channel {id} (a reply to something else was due)", method.name()),
             ));
         }
-        let Some(pending) = position.and_then(|at| channel.rpcs.remove(at)) else { return Ok(()) };
+        let Some(mut pending) = position.and_then(|at| channel.rpcs.remove(at)) else { return Ok(()) };
         match &method {
             Method::ChannelOpenOk(_) => channel.state = ChannelState::Open,
             Method::BasicConsumeOk(ok) => {
-                if let Some(consumer) = pending.consumer {
+                if let Some(consumer) = pending.consumer.take() {
                     channel.consumers.insert(ok.consumer_tag.clone(), consumer);
                 }
             }
@@ -117,7 +122,7 @@ impl<T: Tokens> Connection<T> {
             }
             _ => {}
         }
-        self.events.push_back(Event::Reply(pending.token, Ok(Reply::Method(method))));
+        pending.answer(&mut self.events, Ok(Reply::Method(method)));
         Ok(())
     }
 
@@ -125,7 +130,7 @@ impl<T: Tokens> Connection<T> {
     fn channel_closed_by_ok(&mut self, id: u16, method: &Method) {
         if let Method::ChannelClose(_) = method {
             // Both sides closed at once: answer theirs; ours completes with their close.
-            self.queue(&Frame::Method(id, chan::CloseOk {}.into()));
+            self.queue_control(&Frame::Method(id, chan::CloseOk {}.into()));
         }
         let Some(mut channel) = self.remove_channel(id) else { return };
         let error = Error::ChannelClosed(CloseReason::client(ReplyCode::REPLY_SUCCESS, "closed by the application"));
@@ -135,7 +140,7 @@ impl<T: Tokens> Connection<T> {
         self.fail_channel(channel, &error);
         if let Some(p) = close {
             let ok = Method::ChannelCloseOk(chan::CloseOk {});
-            self.events.push_back(Event::Reply(p.token, Ok(Reply::Method(ok))));
+            p.answer(&mut self.events, Ok(Reply::Method(ok)));
         }
     }
 
@@ -171,8 +176,8 @@ impl<T: Tokens> Connection<T> {
         match feed(channel) {
             Ok(Some(content)) => self.content(id, content),
             Ok(None) => Ok(()),
-            Err(DecodeError::MessageTooLarge { size, max }) => {
-                self.oversized(id, size, max);
+            Err(e @ DecodeError::MessageTooLarge { .. }) => {
+                self.refused(id, Error::Decode(e));
                 Ok(())
             }
             Err(e) => Err(violation(e.reply_code(), e.to_string())),
@@ -204,56 +209,87 @@ impl<T: Tokens> Connection<T> {
                 Ok(())
             }
             Method::BasicReturn(ret) => {
-                let key = channel.key;
                 let content = Content { method: Method::BasicReturn(ret.clone()), ..content };
                 match channel.confirms.as_mut() {
                     Some(tracker) => tracker.returned(content, &ret.exchange, &ret.routing_key),
-                    None => self.events.push_back(Event::Returned(key, Box::new(content))),
+                    None => self.events.push_back(Event::Returned(channel.token.clone(), Box::new(content))),
                 }
                 Ok(())
             }
             Method::BasicGetOk(_) => {
-                // The oldest pending call that is not a consume or cancel must be the get.
-                let position = channel.rpcs.iter().position(|p| p.tag.is_none());
-                let is_get = position.and_then(|at| channel.rpcs.get(at)).is_some_and(|p| p.expect.contains(&(60, 71)));
-                let Some(pending) = position.filter(|_| is_get).and_then(|at| channel.rpcs.remove(at)) else {
+                let Some(pending) = take_pending_get(channel) else {
                     return Err(violation(
                         ReplyCode::COMMAND_INVALID,
                         format!("unexpected basic.get-ok on channel {id}"),
                     ));
                 };
-                self.events.push_back(Event::Reply(pending.token, Ok(Reply::Get(Box::new(content)))));
+                pending.answer(&mut self.events, Ok(Reply::Get(Box::new(content))));
                 Ok(())
             }
             other => Err(violation(ReplyCode::COMMAND_INVALID, format!("{} cannot carry content", other.name()))),
         }
     }
 
-    /// A message over the inbound cap: it is rejected back to its queue (never lost), and
-    /// whoever waited for it gets the error.
-    fn oversized(&mut self, id: u16, size: u64, max: u64) {
+    /// A message this client cannot take (over the inbound size cap, or a header whose
+    /// tables are nested past the limit): it is rejected back to its queue (never lost), and
+    /// whoever waited for it gets `error`. A consumer that got it is cancelled first, so the
+    /// broker does not hand the message straight back to it in a loop: its stream yields the
+    /// error, then the deliveries already on their way, then ends.
+    pub(super) fn refused(&mut self, id: u16, error: Error) {
         let Some(channel) = slot(&mut self.channels, id) else { return };
-        let error = Error::Decode(DecodeError::MessageTooLarge { size, max });
-        tracing::warn!(channel = id, size, max, "rejecting a message over the inbound size cap");
+        tracing::warn!(channel = id, %error, "rejecting a message this client cannot take");
         match channel.assembler.take_rejected() {
             Some(Method::BasicDeliver(d)) => {
                 let consumer = channel.consumers.get(&d.consumer_tag).cloned();
+                let cancelling = channel.rpcs.iter().any(|p| p.tag.as_ref() == Some(&d.consumer_tag));
+                if consumer.is_some() && !cancelling {
+                    let cancel = basic::Cancel { consumer_tag: d.consumer_tag.clone(), nowait: false };
+                    enqueue_control(&mut self.out, &Frame::Method(id, cancel.into()));
+                    channel.rpcs.push_back(Pending::internal(&[basic::CancelOk::ID], d.consumer_tag));
+                }
                 let reject = basic::Reject { delivery_tag: d.delivery_tag, requeue: true };
-                enqueue(&mut self.out, &Frame::Method(id, reject.into()));
+                enqueue_control(&mut self.out, &Frame::Method(id, reject.into()));
                 if let Some(consumer) = consumer {
                     self.events.push_back(Event::Delivery(consumer, Err(error)));
                 }
             }
             Some(Method::BasicGetOk(g)) => {
-                let pending = channel.rpcs.pop_front();
+                let pending = take_pending_get(channel);
                 let reject = basic::Reject { delivery_tag: g.delivery_tag, requeue: true };
-                enqueue(&mut self.out, &Frame::Method(id, reject.into()));
+                enqueue_control(&mut self.out, &Frame::Method(id, reject.into()));
                 if let Some(p) = pending {
-                    self.events.push_back(Event::Reply(p.token, Err(error)));
+                    p.answer(&mut self.events, Err(error));
                 }
             }
-            // A returned message is ours already; nothing waits for an oversized one.
+            // A returned message is ours already; nothing waits for a refused one.
             _ => {}
         }
     }
+
+    /// A content header whose properties could not be read for a limit of ours (see
+    /// [`lepus_codec::header_frame_prefix`]): the message is refused like an oversized one.
+    pub(super) fn header_refused(&mut self, id: u16, body_size: u64, error: DecodeError) -> Result<(), Violation> {
+        if !self.is_open() {
+            return Ok(());
+        }
+        let Some(channel) = slot(&mut self.channels, id) else {
+            return Err(violation(ReplyCode::CHANNEL_ERROR, format!("content on channel {id}, which is not open")));
+        };
+        if channel.state == ChannelState::Closing {
+            return Ok(());
+        }
+        channel.assembler.refuse_header(body_size).map_err(|e| violation(e.reply_code(), e.to_string()))?;
+        self.refused(id, Error::Decode(error));
+        Ok(())
+    }
+}
+
+/// The `basic.get` a get-ok answers: the oldest pending call that is not a consume or cancel
+/// (those are matched by tag, see `reply`), if it is a get.
+fn take_pending_get<T: Tokens>(channel: &mut Channel<T>) -> Option<super::channel::Pending<T>> {
+    let at = channel.rpcs.iter().position(|p| p.tag.is_none())?;
+    if !channel.rpcs.get(at)?.expect.contains(&basic::GetOk::ID) {
+        return None;
+    }
+    channel.rpcs.remove(at)
 }

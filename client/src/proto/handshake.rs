@@ -96,6 +96,7 @@ impl<T: Tokens> Connection<T> {
                 Ok(())
             }
             (State::Closing, Method::ConnectionCloseOk(_)) => {
+                self.close_outcome = Some(super::CloseOutcome::Confirmed);
                 let error = self.close_error.take().unwrap_or_else(|| self.closed_error());
                 self.finish(error);
                 Ok(())
@@ -106,7 +107,7 @@ impl<T: Tokens> Connection<T> {
             (State::AwaitTune, Method::ConnectionSecure(_)) => {
                 // Our mechanisms complete in one step; answer with the same response.
                 let secure_ok = connection::SecureOk { response: self.config.sasl_response.clone() };
-                self.queue(&Frame::Method(0, secure_ok.into()));
+                self.queue_control(&Frame::Method(0, secure_ok.into()));
                 Ok(())
             }
             (State::AwaitTune, Method::ConnectionTune(tune)) => {
@@ -134,7 +135,7 @@ impl<T: Tokens> Connection<T> {
             }
             (State::Open, Method::ConnectionUpdateSecretOk(ok)) => match self.rpcs.pop_front() {
                 Some(p) => {
-                    self.events.push_back(Event::Reply(p.token, Ok(Reply::Method(ok.into()))));
+                    p.answer(&mut self.events, Ok(Reply::Method(ok.into())));
                     Ok(())
                 }
                 None => Err(violation(ReplyCode::COMMAND_INVALID, "update-secret-ok without update-secret")),
@@ -166,7 +167,7 @@ impl<T: Tokens> Connection<T> {
             response: self.config.sasl_response.clone(),
             ..connection::StartOk::default()
         };
-        self.queue(&Frame::Method(0, start_ok.into()));
+        self.queue_control(&Frame::Method(0, start_ok.into()));
         self.state = State::AwaitTune;
         Ok(())
     }
@@ -188,18 +189,18 @@ impl<T: Tokens> Connection<T> {
             frame_max: tuning.frame_max,
             heartbeat: tuning.heartbeat,
         };
-        self.queue(&Frame::Method(0, tune_ok.into()));
+        self.queue_control(&Frame::Method(0, tune_ok.into()));
         self.limits = self.limits.tuned(tuning.frame_max, self.config.control_frame_max);
         self.heartbeat = (tuning.heartbeat > 0).then(|| Duration::from_secs(u64::from(tuning.heartbeat)));
         self.last_read = now;
         self.last_write = now;
         let open = connection::Open { virtual_host: self.config.vhost.clone(), ..connection::Open::default() };
-        self.queue(&Frame::Method(0, open.into()));
+        self.queue_control(&Frame::Method(0, open.into()));
         self.state = State::AwaitOpenOk;
     }
 
     fn on_close(&mut self, close: &connection::Close) {
-        self.queue(&Frame::Method(0, connection::CloseOk {}.into()));
+        self.queue_control(&Frame::Method(0, connection::CloseOk {}.into()));
         let reason = CloseReason {
             reply_code: close.reply_code,
             reply_text: close.reply_text.to_string(),
@@ -208,7 +209,11 @@ impl<T: Tokens> Connection<T> {
             initiator: Initiator::Server,
         };
         let error = match self.state {
-            State::Closing => self.close_error.take().unwrap_or(Error::ConnectionClosed(reason)),
+            State::Closing => {
+                // Both sides closed at once: the broker has seen ours.
+                self.close_outcome = Some(super::CloseOutcome::Confirmed);
+                self.close_error.take().unwrap_or(Error::ConnectionClosed(reason))
+            }
             _ if close.reply_code == ReplyCode::ACCESS_REFUSED => Error::AccessRefused(reason.reply_text),
             _ => Error::ConnectionClosed(reason),
         };

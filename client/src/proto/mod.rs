@@ -43,8 +43,12 @@ use outbox::Outbox;
 
 use crate::error::{CloseReason, Error};
 
-/// The driver's types for the three kinds of waiter a command can leave behind.
+/// The driver's types for the waiters a command can leave behind, and for the channels it
+/// opens: the state machine keeps them and hands them back in [`Event`]s, so the driver needs
+/// no table of its own to route what happens.
 pub trait Tokens {
+    /// Stands for one channel the driver opened; cloned into that channel's events.
+    type Channel: Clone;
     /// Waits for the reply to a synchronous method.
     type Reply;
     /// Waits for the broker's confirm of one publish.
@@ -102,11 +106,11 @@ pub enum Event<T: Tokens> {
     /// A consumer ended: `None` after our cancel, else why.
     ConsumerEnded(T::Consumer, Option<Error>),
     /// A returned (unroutable mandatory) message on a channel not in confirm mode.
-    Returned(ChannelKey, Box<Content>),
+    Returned(T::Channel, Box<Content>),
     /// A channel closed; the failures of its pending work follow.
-    ChannelClosed(ChannelKey, Error),
+    ChannelClosed(T::Channel, Error),
     /// The broker paused (`false`) or resumed publishing on a channel.
-    ChannelFlow(ChannelKey, bool),
+    ChannelFlow(T::Channel, bool),
     /// The broker blocked the connection's publishers (`connection.blocked`), with the reason.
     Blocked(String),
     /// The broker unblocked the connection.
@@ -173,9 +177,24 @@ pub struct Connection<T: Tokens> {
     last_read: Instant,
     last_write: Instant,
     close_deadline: Option<Instant>,
+    /// How long the close-ok was (or is being) waited for.
+    close_timeout: Duration,
     /// Why the connection is closing or closed.
     close_error: Option<Error>,
+    /// How our `connection.close` ended, once it has.
+    close_outcome: Option<CloseOutcome>,
     blocked: Option<String>,
+}
+
+/// How a `connection.close` we sent ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseOutcome {
+    /// The broker answered `close-ok` (or closed the connection itself at the same time).
+    Confirmed,
+    /// No `close-ok` came within the close timeout; the connection was abandoned.
+    TimedOut(Duration),
+    /// The socket failed or reached end of file before `close-ok` arrived.
+    Interrupted,
 }
 
 impl<T: Tokens> Connection<T> {
@@ -204,9 +223,28 @@ impl<T: Tokens> Connection<T> {
             last_read: now,
             last_write: now,
             close_deadline: None,
+            close_timeout: DEFAULT_CLOSE_TIMEOUT,
             close_error: None,
+            close_outcome: None,
             blocked: None,
         }
+    }
+
+    /// Continues the numbering of channel incarnations from `next_epoch`: a connection that
+    /// replaces an earlier one (recovery) must never reuse an epoch, so that a delivery tag
+    /// of the earlier connection cannot be acknowledged on a channel of this one.
+    pub fn continue_epochs(&mut self, next_epoch: u64) {
+        self.next_epoch = self.next_epoch.max(next_epoch);
+    }
+
+    /// The epoch the next channel will get.
+    pub fn next_epoch(&self) -> u64 {
+        self.next_epoch
+    }
+
+    /// How our `connection.close` ended (`None` if we did not close, or it has not ended).
+    pub fn close_outcome(&self) -> Option<CloseOutcome> {
+        self.close_outcome
     }
 
     /// The decoder limits in force (they change at tune).
@@ -259,6 +297,11 @@ impl<T: Tokens> Connection<T> {
         self.channel(channel).and_then(|c| c.confirms.as_ref()).map_or(0, ConfirmTracker::outstanding)
     }
 
+    /// Returned messages on `channel` that matched no outstanding mandatory publish (yet).
+    pub fn unmatched_returns(&self, channel: ChannelKey) -> usize {
+        self.channel(channel).and_then(|c| c.confirms.as_ref()).map_or(0, ConfirmTracker::unmatched_returns)
+    }
+
     // ---- input ------------------------------------------------------------------------
 
     /// Feeds one frame read from the socket.
@@ -285,6 +328,25 @@ impl<T: Tokens> Connection<T> {
         }
     }
 
+    /// A content header frame on `channel` announcing `body_size` bytes did not decode for a
+    /// limit of ours (tables nested too deep; the frame itself was consumed, see
+    /// [`lepus_codec::header_frame_prefix`]): its message is rejected back to its queue and
+    /// the connection carries on. Any other decode error goes to
+    /// [`Connection::handle_decode_error`].
+    pub fn handle_refused_header(&mut self, now: Instant, channel: u16, body_size: u64, error: DecodeError) {
+        self.last_read = now;
+        if self.state == State::Closed {
+            return;
+        }
+        if channel == 0 {
+            self.violate(now, violation(ReplyCode::UNEXPECTED_FRAME, "content frame on channel 0"));
+            return;
+        }
+        if let Err(v) = self.header_refused(channel, body_size, error) {
+            self.violate(now, v);
+        }
+    }
+
     /// The bytes from the socket did not decode: close with the error's reply code. The
     /// stream cannot be trusted any more, so the connection is closed at once (after the
     /// close frame is written).
@@ -306,7 +368,10 @@ impl<T: Tokens> Connection<T> {
         }
         let error = match (self.state, self.close_error.take()) {
             // The broker may drop the socket instead of sending close-ok; our reason stands.
-            (State::Closing, Some(reason)) => reason,
+            (State::Closing, Some(reason)) => {
+                self.close_outcome.get_or_insert(CloseOutcome::Interrupted);
+                reason
+            }
             _ => error,
         };
         self.out.clear();
@@ -321,6 +386,8 @@ impl<T: Tokens> Connection<T> {
         if let Some(deadline) = self.close_deadline
             && now >= deadline
         {
+            tracing::warn!("no connection.close-ok from the broker in time: abandoning the connection");
+            self.close_outcome.get_or_insert(CloseOutcome::TimedOut(self.close_timeout));
             let error = self.close_error.take().unwrap_or(Error::Timeout("connection.close-ok"));
             self.out.clear();
             self.finish(error);
@@ -335,7 +402,7 @@ impl<T: Tokens> Connection<T> {
         }
         if now >= self.last_write + interval / 2 {
             if self.out.is_empty() {
-                self.queue(&Frame::Heartbeat);
+                self.queue_control(&Frame::Heartbeat);
             }
             // Bytes are waiting either way; the deadline must move on, or a driver whose
             // socket is not writable would be woken again at once, forever.
@@ -388,23 +455,28 @@ impl<T: Tokens> Connection<T> {
 
     // ---- commands ---------------------------------------------------------------------
 
-    /// Opens a channel; `token` receives `channel.open-ok`. The channel may be used at once:
-    /// the broker processes what follows after the open.
-    pub fn open_channel(&mut self, token: T::Reply) -> Result<ChannelKey, (Error, T::Reply)> {
+    /// Opens a channel; `token` receives `channel.open-ok`, and `channel` comes back in the
+    /// channel's events. The channel may be used at once: the broker processes what follows
+    /// after the open.
+    pub fn open_channel(
+        &mut self,
+        token: T::Reply,
+        channel: T::Channel,
+    ) -> Result<ChannelKey, (Error, T::Reply, T::Channel)> {
         if let Err(e) = self.check_open() {
-            return Err((e, token));
+            return Err((e, token, channel));
         }
         let max = match self.tuning.channel_max {
             0 => u16::MAX,
             n => n,
         };
         let Some(id) = self.free_channel_id(max) else {
-            return Err((Error::ChannelLimit(max), token));
+            return Err((Error::ChannelLimit(max), token, channel));
         };
         let key = ChannelKey { id, epoch: self.next_epoch };
         self.next_epoch += 1;
-        let mut channel = Channel::new(key, self.config.max_message_size);
-        channel.rpcs.push_back(Pending::new(&[(20, 11)], token));
+        let mut channel = Channel::new(key, channel, self.config.max_message_size);
+        channel.rpcs.push_back(Pending::new(&[chan::OpenOk::ID], token));
         let slot = usize::from(id);
         if self.channels.len() <= slot {
             self.channels.resize_with(slot + 1, || None);
@@ -413,7 +485,7 @@ impl<T: Tokens> Connection<T> {
             *entry = Some(channel);
         }
         self.open_channels += 1;
-        self.queue(&Frame::Method(id, chan::Open::default().into()));
+        self.queue_control(&Frame::Method(id, chan::Open::default().into()));
         Ok(key)
     }
 
@@ -446,50 +518,55 @@ impl<T: Tokens> Connection<T> {
             self.events.push_back(Event::Reply(token, Err(e)));
             return;
         }
+        let refused = self.channel(key).and_then(|c| match &method {
+            Method::ConfirmSelect(_) if c.tx => Some("confirm.select on a transactional channel"),
+            Method::TxSelect(_) if c.confirms.is_some() => Some("tx.select on a channel in confirm mode"),
+            _ => None,
+        });
+        if let Some(why) = refused {
+            self.events.push_back(Event::Reply(token, Err(Error::InvalidOperation(why))));
+            return;
+        }
         let expect = expected_reply(&method);
-        let closing = matches!(method, Method::ChannelClose(_));
         let tag = match &method {
             Method::BasicConsume(m) => Some(m.consumer_tag.clone()),
             Method::BasicCancel(m) => Some(m.consumer_tag.clone()),
             _ => None,
         };
-        let mut reply_now = None;
-        if let Some(c) = self.channel_mut(key) {
-            match &method {
-                Method::ConfirmSelect(_) if c.tx => {
-                    reply_now = Some(Err(Error::InvalidOperation("confirm.select on a transactional channel")));
-                }
-                Method::TxSelect(_) if c.confirms.is_some() => {
-                    reply_now = Some(Err(Error::InvalidOperation("tx.select on a channel in confirm mode")));
-                }
-                Method::ConfirmSelect(_) => {
-                    c.confirms.get_or_insert_with(ConfirmTracker::new);
-                }
-                Method::TxSelect(_) => c.tx = true,
-                Method::BasicConsume(m) if m.nowait => {
-                    if let Some(consumer) = consumer.clone() {
-                        c.consumers.insert(m.consumer_tag.clone(), consumer);
-                    }
-                }
-                _ => {}
-            }
-        }
-        if let Some(result) = reply_now {
-            self.events.push_back(Event::Reply(token, result));
+        // Encoded before anything is registered or switched: a method that cannot be sent
+        // (arguments nested too deep, a frame over frame_max) fails its own caller and
+        // leaves the channel as it was.
+        let frame = Frame::Method(key.id, method);
+        if let Err(e) = self.queue(&frame) {
+            self.events.push_back(Event::Reply(token, Err(Error::Encode(e))));
             return;
         }
-        if closing {
+        let Frame::Method(_, method) = frame else { return };
+        if let Method::ChannelClose(_) = method {
             let reason =
                 Error::ChannelClosed(CloseReason::client(ReplyCode::REPLY_SUCCESS, "closed by the application"));
             self.fail_channel_pending(key, &reason);
-            if let Some(c) = self.channel_mut(key) {
-                c.state = ChannelState::Closing;
-            }
         }
-        self.queue(&Frame::Method(key.id, method));
-        match (expect, self.channel_mut(key)) {
-            (Some(expect), Some(c)) => c.rpcs.push_back(Pending { expect, token, consumer, tag }),
-            _ => self.events.push_back(Event::Reply(token, Ok(Reply::Sent))),
+        let Some(c) = self.channel_mut(key) else {
+            self.events.push_back(Event::Reply(token, Ok(Reply::Sent)));
+            return;
+        };
+        match &method {
+            Method::ConfirmSelect(_) => {
+                c.confirms.get_or_insert_with(ConfirmTracker::new);
+            }
+            Method::TxSelect(_) => c.tx = true,
+            Method::ChannelClose(_) => c.state = ChannelState::Closing,
+            Method::BasicConsume(m) if m.nowait => {
+                if let Some(consumer) = consumer.clone() {
+                    c.consumers.insert(m.consumer_tag.clone(), consumer);
+                }
+            }
+            _ => {}
+        }
+        match expect {
+            Some(expect) => c.rpcs.push_back(Pending { expect, token: Some(token), consumer, tag }),
+            None => self.events.push_back(Event::Reply(token, Ok(Reply::Sent))),
         }
     }
 
@@ -511,8 +588,7 @@ impl<T: Tokens> Connection<T> {
                 _ => e,
             });
         }
-        self.queue(&Frame::Method(key.id, method));
-        Ok(())
+        self.queue(&Frame::Method(key.id, method)).map_err(Error::Encode)
     }
 
     /// Queues a publish whose frames the caller encoded (`basic.publish`, header, bodies, on
@@ -549,8 +625,14 @@ impl<T: Tokens> Connection<T> {
             }
             (None, None) => None,
         };
-        for segment in frames {
-            self.out.segment(segment);
+        if c.flow_active {
+            for segment in frames {
+                self.out.segment(segment);
+            }
+        } else {
+            // We answered flow-ok(false): no content may go out until flow(true). Publishes
+            // that were already on their way wait here, in order (their tags are taken).
+            c.held.extend(frames);
         }
         Ok(tag)
     }
@@ -568,8 +650,11 @@ impl<T: Tokens> Connection<T> {
         }
         let reason = ShortStr::try_from(reason).unwrap_or_default();
         let method = connection::UpdateSecret { new_secret, reason };
-        self.queue(&Frame::Method(0, method.into()));
-        self.rpcs.push_back(Pending::new(&[(10, 71)], token));
+        if let Err(e) = self.queue(&Frame::Method(0, method.into())) {
+            self.events.push_back(Event::Reply(token, Err(Error::Encode(e))));
+            return;
+        }
+        self.rpcs.push_back(Pending::new(&[connection::UpdateSecretOk::ID], token));
     }
 
     /// Closes the connection: pending work fails at once with the reason; close-ok is
@@ -592,8 +677,16 @@ impl<T: Tokens> Connection<T> {
 
     // ---- internals --------------------------------------------------------------------
 
-    fn queue(&mut self, frame: &Frame) {
-        enqueue(&mut self.out, frame);
+    /// Queues a frame that carries what the application gave (arguments, names): it may not
+    /// encode, or exceed `frame_max`, and then nothing is queued.
+    fn queue(&mut self, frame: &Frame) -> Result<(), lepus_codec::EncodeError> {
+        self.out.frame(frame, self.tuning.frame_max)
+    }
+
+    /// Queues a frame the state machine built itself (heartbeats, replies to the broker,
+    /// handshake methods).
+    fn queue_control(&mut self, frame: &Frame) {
+        enqueue_control(&mut self.out, frame);
     }
 
     fn check_open(&self) -> Result<(), Error> {
@@ -667,7 +760,7 @@ impl<T: Tokens> Connection<T> {
             class_id: reason.class_id,
             method_id: reason.method_id,
         };
-        self.queue(&Frame::Method(0, close.into()));
+        self.queue_control(&Frame::Method(0, close.into()));
     }
 
     /// We detected a protocol violation: close with its code, fail everything now.
@@ -687,6 +780,7 @@ impl<T: Tokens> Connection<T> {
         self.fail_everything(&error);
         self.close_error = Some(error);
         self.state = State::Closing;
+        self.close_timeout = timeout;
         self.close_deadline = Some(now + timeout);
     }
 
@@ -706,7 +800,7 @@ impl<T: Tokens> Connection<T> {
 
     fn fail_everything(&mut self, error: &Error) {
         for pending in std::mem::take(&mut self.rpcs) {
-            self.events.push_back(Event::Reply(pending.token, Err(error.clone())));
+            pending.answer(&mut self.events, Err(error.clone()));
         }
         let channels = std::mem::take(&mut self.channels);
         for channel in channels.into_iter().flatten() {
@@ -720,7 +814,7 @@ impl<T: Tokens> Connection<T> {
         let Some(c) = self.channel_mut(key) else { return };
         let pending = std::mem::take(&mut c.rpcs);
         for p in pending {
-            self.events.push_back(Event::Reply(p.token, Err(error.clone())));
+            p.answer(&mut self.events, Err(error.clone()));
         }
     }
 
@@ -731,35 +825,35 @@ impl<T: Tokens> Connection<T> {
         Some(channel)
     }
 
-    fn fail_channel(&mut self, mut channel: Channel<T>, error: &Error) {
-        let slot = usize::from(channel.key.id);
+    fn fail_channel(&mut self, channel: Channel<T>, error: &Error) {
+        let Channel { key, token, rpcs, confirms, consumers, .. } = channel;
+        let slot = usize::from(key.id);
         if self.closed_channels.len() <= slot {
             self.closed_channels.resize_with(slot + 1, || None);
         }
         if let Some(entry) = self.closed_channels.get_mut(slot) {
-            *entry = Some((channel.key.epoch, error.clone()));
+            *entry = Some((key.epoch, error.clone()));
         }
         // Closed first: whoever is woken by a failure below must already see the channel
         // closed, with this reason.
-        self.events.push_back(Event::ChannelClosed(channel.key, error.clone()));
-        for p in channel.rpcs.drain(..) {
-            self.events.push_back(Event::Reply(p.token, Err(error.clone())));
+        self.events.push_back(Event::ChannelClosed(token, error.clone()));
+        for p in rpcs {
+            p.answer(&mut self.events, Err(error.clone()));
         }
-        if let Some(mut tracker) = channel.confirms.take() {
+        if let Some(mut tracker) = confirms {
             tracker.fail_all(|token| self.events.push_back(Event::Confirm(token, Err(error.clone()))));
         }
-        for (_, consumer) in channel.consumers.drain() {
+        for (_, consumer) in consumers {
             self.events.push_back(Event::ConsumerEnded(consumer, Some(error.clone())));
         }
     }
 }
 
-/// Queues a frame for writing.
-fn enqueue(out: &mut Outbox, frame: &Frame) {
-    if let Err(e) = out.frame(frame) {
-        // Only tables nested past the limit fail here, and those come from the application:
-        // report it, the frame is not sent.
-        tracing::warn!(error = %e, "frame not sent: cannot encode it");
+/// Queues a frame the state machine built itself. These hold no application tables and fit
+/// any `frame_max`, so they always encode; were one not to, it is reported, not sent.
+fn enqueue_control(out: &mut Outbox, frame: &Frame) {
+    if let Err(e) = out.frame(frame, 0) {
+        tracing::error!(error = %e, "a protocol frame could not be encoded");
     }
 }
 

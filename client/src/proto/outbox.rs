@@ -18,10 +18,17 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    pub(crate) fn frame(&mut self, frame: &Frame) -> Result<(), EncodeError> {
+    /// Encodes a frame after what is queued; one larger than `frame_max` (0: no limit) is
+    /// refused and nothing is queued.
+    pub(crate) fn frame(&mut self, frame: &Frame, frame_max: u32) -> Result<(), EncodeError> {
         let before = self.staging.len();
         frame.encode(&mut self.staging)?;
-        self.pending += self.staging.len() - before;
+        let size = self.staging.len() - before;
+        if frame_max != 0 && size > frame_max as usize {
+            self.staging.truncate(before);
+            return Err(EncodeError::FrameTooLarge { what: "method", size, frame_max });
+        }
+        self.pending += size;
         Ok(())
     }
 

@@ -222,12 +222,7 @@ impl Worker {
         }
         let channel = conn.open_channel().await?;
         channel.basic_qos(options.prefetch, false).await?;
-        let consume = ConsumeOptions {
-            consumer_tag: options.consumer_tag.clone(),
-            // The broker never sends more than the prefetch: this never fills.
-            buffer: usize::from(options.prefetch),
-            ..ConsumeOptions::default()
-        };
+        let consume = ConsumeOptions { consumer_tag: options.consumer_tag.clone(), ..ConsumeOptions::default() };
         let consumer = channel.basic_consume(queue, consume).await?;
         let tag = consumer.tag().to_owned();
         let counters = Arc::new(Counters::default());

@@ -216,3 +216,22 @@ fn a_publish_that_arrives_after_the_broker_closed_its_channel_gets_the_brokers_r
     assert_eq!(again.id, key.id);
     p.conn.publish(again, [Peer::publish_frames(again, "q", b"m")], None).ok().unwrap();
 }
+
+/// Issue 9, defect 6: returns that match no outstanding mandatory publish (a broker bug, or a
+/// hostile peer) are kept only up to a bound, not without limit.
+#[test]
+fn unmatched_returns_are_bounded() {
+    let mut p = Peer::open();
+    let key = p.open_channel(1);
+    p.confirm_select(key, 2);
+    let ret = basic::Return {
+        reply_code: lepus_codec::ReplyCode::NO_ROUTE,
+        routing_key: ShortStr::from_static("x").unwrap(),
+        ..Default::default()
+    };
+    for _ in 0..100_000 {
+        p.content(key.id, ret.clone(), b"r");
+    }
+    assert!(p.conn.unmatched_returns(key) <= 1024, "{} unmatched returns kept", p.conn.unmatched_returns(key));
+    assert!(p.conn.is_open());
+}

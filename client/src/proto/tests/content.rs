@@ -168,13 +168,50 @@ fn r4_a_message_over_the_cap_is_rejected_to_its_queue_and_reported() {
     for _ in 0..16 {
         p.feed(Frame::Body(key.id, Bytes::from(vec![0u8; 128 << 10])));
     }
-    assert_eq!(p.sent_methods(), vec![(key.id, basic::Reject { delivery_tag: 9, requeue: true }.into())]);
+    // The consumer is cancelled before the message goes back, so that the broker does not
+    // hand it straight back to it (a redelivery loop).
+    assert_eq!(
+        p.sent_methods(),
+        vec![
+            (key.id, basic::Cancel { consumer_tag: tag("c1"), nowait: false }.into()),
+            (key.id, basic::Reject { delivery_tag: 9, requeue: true }.into()),
+        ]
+    );
     let events = p.events();
     assert!(matches!(&events[..], [Ev::Delivery(7, Err(e))] if e.contains("message too large")), "{events:?}");
-    // The connection and channel carry on.
+    // The connection and channel carry on; what was on its way still arrives.
     p.content(key.id, deliver("c1", 10), b"next");
     assert!(matches!(&p.events()[..], [Ev::Delivery(7, Ok(d))] if d.delivery_tag == 10));
+    p.method(key.id, basic::CancelOk { consumer_tag: tag("c1") });
+    assert_eq!(p.events(), vec![Ev::ConsumerEnded(7, None)], "nobody waited for the cancel");
     assert!(p.conn.is_open());
+}
+
+/// M5: a delivery whose headers are nested past the limit is refused like an oversized one:
+/// its header frame was consumed by the decoder, its body frames are skipped, the consumer
+/// is cancelled, and the message goes back to its queue. The connection stays open.
+#[test]
+fn m5_a_delivery_with_tables_nested_too_deep_is_rejected_not_fatal() {
+    let (mut p, key) = consuming();
+    p.method(key.id, deliver("c1", 3));
+    let error = lepus_codec::DecodeError::NestingTooDeep { limit: 64 };
+    p.conn.handle_refused_header(p.now, key.id, 5, error);
+    p.feed(Frame::Body(key.id, Bytes::from_static(b"12345")));
+    assert_eq!(
+        p.sent_methods(),
+        vec![
+            (key.id, basic::Cancel { consumer_tag: tag("c1"), nowait: false }.into()),
+            (key.id, basic::Reject { delivery_tag: 3, requeue: true }.into()),
+        ]
+    );
+    let events = p.events();
+    assert!(matches!(&events[..], [Ev::Delivery(7, Err(e))] if e.contains("nested")), "{events:?}");
+    p.content(key.id, deliver("c1", 4), b"fine");
+    assert!(matches!(&p.events()[..], [Ev::Delivery(7, Ok(d))] if d.delivery_tag == 4));
+    assert!(p.conn.is_open());
+    // A refused header with no delivery before it is still a protocol error.
+    p.conn.handle_refused_header(p.now, key.id, 5, lepus_codec::DecodeError::NestingTooDeep { limit: 64 });
+    assert!(!p.conn.is_open());
 }
 
 #[test]
@@ -208,4 +245,29 @@ fn an_empty_consumer_tag_is_replaced_by_one_of_ours() {
     let sent = p.sent_methods();
     let [(_, Method::BasicConsume(c))] = &sent[..] else { panic!("{sent:?}") };
     assert!(c.consumer_tag.as_str().is_some_and(|t| t.starts_with("lepus.")), "{:?}", c.consumer_tag);
+}
+
+/// Issue 9, defect 6: a get-ok over the size cap resolves the get, not a consume that was
+/// sent before it and is still waiting for its consume-ok.
+#[test]
+fn r4_an_oversized_get_ok_fails_the_get_not_an_earlier_pending_consume() {
+    let mut p = Peer::open();
+    let key = p.open_channel(1);
+    p.conn.consume(key, basic::Consume { queue: tag("q"), consumer_tag: tag("a"), ..Default::default() }, 2, 7);
+    p.conn.call(key, basic::Get { queue: tag("q"), ..Default::default() }.into(), 3);
+    p.sent();
+    p.method(key.id, basic::GetOk { delivery_tag: 4, ..Default::default() });
+    p.feed(Frame::Header(key.id, ContentHeader::new(2 << 20, BasicProperties::default())));
+    for _ in 0..16 {
+        p.feed(Frame::Body(key.id, Bytes::from(vec![0u8; 128 << 10])));
+    }
+    assert_eq!(p.sent_methods(), vec![(key.id, basic::Reject { delivery_tag: 4, requeue: true }.into())]);
+    let events = p.events();
+    assert!(matches!(&events[..], [Ev::Reply(3, Err(e))] if e.contains("message too large")), "{events:?}");
+    // The consume still gets its own consume-ok, and its consumer its deliveries.
+    p.method(key.id, basic::ConsumeOk { consumer_tag: tag("a") });
+    p.content(key.id, deliver("a", 5), b"for a");
+    let events = p.events();
+    assert!(matches!(&events[..], [Ev::Reply(2, Ok(_)), Ev::Delivery(7, Ok(_))]), "{events:?}");
+    assert!(p.conn.is_open());
 }

@@ -189,6 +189,37 @@ fn f3_channel_flow_is_answered_and_reported() {
     assert_eq!(p.events(), vec![Ev::ChannelFlow(key, false), Ev::ChannelFlow(key, true)]);
 }
 
+/// F3: after our flow-ok(false) no content goes out; publishes that arrive meanwhile wait,
+/// in order, and follow the flow-ok(true).
+#[test]
+fn f3_publishes_wait_while_flow_is_off_and_follow_flow_on_in_order() {
+    let mut p = Peer::open();
+    let key = p.open_channel(1);
+    p.confirm_select(key, 2);
+    p.method(key.id, chan::Flow { active: false });
+    p.sent();
+    for (token, rk) in [(10, "a"), (11, "b")] {
+        let frames = Peer::publish_frames(key, rk, b"x");
+        assert!(p.conn.publish(key, [frames], Some((token, None))).is_ok());
+    }
+    assert!(p.sent().is_empty(), "content went out while flow was off");
+    p.method(key.id, chan::Flow { active: true });
+    let sent = p.sent_methods();
+    let keys: Vec<String> = sent
+        .iter()
+        .map(|(_, m)| match m {
+            Method::ChannelFlowOk(ok) => format!("flow-ok {}", ok.active),
+            Method::BasicPublish(pb) => format!("publish {}", pb.routing_key),
+            other => other.name().to_owned(),
+        })
+        .collect();
+    assert_eq!(keys, ["flow-ok true", "publish a", "publish b"]);
+    // Their tags were taken in order: the broker's acks resolve them.
+    p.method(key.id, lepus_codec::method::basic::Ack { delivery_tag: 2, multiple: true });
+    let events = p.events();
+    assert!(events.iter().filter(|e| matches!(e, Ev::Confirm(10 | 11, Ok(_)))).count() == 2, "{events:?}");
+}
+
 #[test]
 fn b6_a_channel_error_closes_only_that_channel_and_its_id_is_reused() {
     let mut p = Peer::open();
@@ -244,12 +275,12 @@ fn r3_channel_max_is_enforced_and_ids_are_reused_only_after_close_ok() {
     let mut p = Peer::open_with(config(), tune(3, 131_072, 60));
     let keys: Vec<_> = (1..=3).map(|t| p.open_channel(t)).collect();
     assert_eq!(keys.iter().map(|k| k.id).collect::<Vec<_>>(), vec![1, 2, 3]);
-    let err = p.conn.open_channel(9).map(|_| ()).unwrap_err().0;
+    let err = p.conn.open_channel(9, 9).map(|_| ()).unwrap_err().0;
     assert!(err.to_string().contains("channel_max 3"), "{err}");
     // Closing, not yet closed: the id is still taken.
     p.conn.call(keys[1], chan::Close::default().into(), 10);
     p.sent();
-    assert!(p.conn.open_channel(11).is_err());
+    assert!(p.conn.open_channel(11, 11).is_err());
     p.method(keys[1].id, chan::CloseOk {});
     p.events();
     let reused = p.open_channel(12);
@@ -259,7 +290,7 @@ fn r3_channel_max_is_enforced_and_ids_are_reused_only_after_close_ok() {
     p.method(reused.id, chan::CloseOk {});
     // Many open/close cycles: no leak, ids stay within bounds.
     for i in 0..10_000u32 {
-        let key = p.conn.open_channel(i).map_err(|(e, _)| e).unwrap();
+        let key = p.conn.open_channel(i, i).map_err(|(e, ..)| e).unwrap();
         assert_eq!(key.id, 2, "the only free id");
         p.method(key.id, chan::OpenOk::default());
         p.conn.call(key, chan::Close::default().into(), i);
@@ -291,7 +322,7 @@ fn b1_the_broker_closing_the_connection_fails_everything_with_its_reason() {
     assert!(events.iter().any(|e| matches!(e, Ev::Reply(2, Err(e)) if e.contains("320") && e.contains("bye"))));
     assert_eq!(p.conn.close_error().unwrap().reply_code(), Some(ReplyCode::CONNECTION_FORCED));
     // Commands after the close fail with the same reason.
-    let err = p.conn.open_channel(3).map(|_| ()).unwrap_err().0;
+    let err = p.conn.open_channel(3, 3).map(|_| ()).unwrap_err().0;
     assert!(err.to_string().contains("bye"));
 }
 
@@ -389,4 +420,42 @@ fn silence_while_reading_is_paused_is_not_a_dead_peer() {
     assert!(p.conn.is_open());
     p.advance(Duration::from_millis(200));
     assert!(p.conn.is_closed());
+}
+
+fn nested_table(levels: usize) -> lepus_codec::FieldTable {
+    let mut table = lepus_codec::FieldTable::new();
+    for _ in 0..levels {
+        let mut outer = lepus_codec::FieldTable::new();
+        outer.insert("x", lepus_codec::FieldValue::Table(table)).unwrap();
+        table = outer;
+    }
+    table
+}
+
+/// Issue 9, defect 3: a method that cannot be encoded fails its caller at once and leaves no
+/// reply waiting, so the next call on the channel gets its own reply.
+#[test]
+fn a_method_that_cannot_be_encoded_fails_its_caller_and_leaves_nothing_pending() {
+    let mut p = Peer::open();
+    let key = p.open_channel(1);
+    let deep = lepus_codec::method::queue::Declare { arguments: nested_table(500), ..Default::default() };
+    p.conn.call(key, deep.into(), 2);
+    assert!(p.sent().is_empty(), "nothing may be sent");
+    let events = p.events();
+    assert!(matches!(&events[..], [Ev::Reply(2, Err(e))] if e.contains("nested")), "{events:?}");
+    // Over frame_max: also refused before sending.
+    let mut args = lepus_codec::FieldTable::new();
+    args.insert("blob", lepus_codec::FieldValue::LongString(Bytes::from(vec![b'x'; 200_000]))).unwrap();
+    let big = lepus_codec::method::queue::Declare { arguments: args, ..Default::default() };
+    p.conn.call(key, big.into(), 3);
+    assert!(p.sent().is_empty(), "nothing may be sent");
+    let events = p.events();
+    assert!(matches!(&events[..], [Ev::Reply(3, Err(e))] if e.contains("frame_max")), "{events:?}");
+    // The next call gets its own reply.
+    p.conn.call(key, lepus_codec::method::queue::Declare::default().into(), 4);
+    assert_eq!(p.sent_methods().len(), 1);
+    p.method(key.id, lepus_codec::method::queue::DeclareOk::default());
+    let events = p.events();
+    assert!(matches!(&events[..], [Ev::Reply(4, Ok(_))]), "{events:?}");
+    assert!(p.conn.is_open());
 }

@@ -19,6 +19,9 @@ use crate::Error;
 pub(super) struct Ids;
 
 impl Tokens for Ids {
+    /// The harness opens channels with the reply token as channel token too, and maps it
+    /// back to the channel's key in [`Peer::events`].
+    type Channel = u32;
     type Reply = u32;
     type Confirm = u32;
     type Consumer = u32;
@@ -45,17 +48,17 @@ fn describe(e: &Error) -> String {
     e.to_string()
 }
 
-impl From<Event<Ids>> for Ev {
-    fn from(e: Event<Ids>) -> Self {
+impl Ev {
+    fn from(e: Event<Ids>, key: impl Fn(u32) -> ChannelKey) -> Self {
         match e {
             Event::Connected => Ev::Connected,
             Event::Reply(t, r) => Ev::Reply(t, r.map_err(|e| describe(&e))),
             Event::Confirm(t, r) => Ev::Confirm(t, r.map_err(|e| describe(&e))),
             Event::Delivery(t, r) => Ev::Delivery(t, r.map_err(|e| describe(&e))),
             Event::ConsumerEnded(t, r) => Ev::ConsumerEnded(t, r.map(|e| describe(&e))),
-            Event::Returned(k, c) => Ev::Returned(k, c),
-            Event::ChannelClosed(k, e) => Ev::ChannelClosed(k, describe(&e)),
-            Event::ChannelFlow(k, a) => Ev::ChannelFlow(k, a),
+            Event::Returned(t, c) => Ev::Returned(key(t), c),
+            Event::ChannelClosed(t, e) => Ev::ChannelClosed(key(t), describe(&e)),
+            Event::ChannelFlow(t, a) => Ev::ChannelFlow(key(t), a),
             Event::Blocked(r) => Ev::Blocked(r),
             Event::Unblocked => Ev::Unblocked,
             Event::Closed(e) => Ev::Closed(describe(&e)),
@@ -83,12 +86,20 @@ pub(super) struct Peer {
     pub(super) now: Instant,
     wire: BytesMut,
     header_seen: bool,
+    /// Channel tokens and the keys they were opened as.
+    keys: std::collections::HashMap<u32, ChannelKey>,
 }
 
 impl Peer {
     pub(super) fn new(config: Config) -> Self {
         let now = Instant::now();
-        Peer { conn: Connection::new(config, now), now, wire: BytesMut::new(), header_seen: false }
+        Peer {
+            conn: Connection::new(config, now),
+            now,
+            wire: BytesMut::new(),
+            header_seen: false,
+            keys: std::collections::HashMap::new(),
+        }
     }
 
     /// A connection that completed the handshake with RabbitMQ-like tuning.
@@ -160,7 +171,10 @@ impl Peer {
     }
 
     pub(super) fn events(&mut self) -> Vec<Ev> {
-        std::iter::from_fn(|| self.conn.poll_event()).map(Ev::from).collect()
+        let events: Vec<Event<Ids>> = std::iter::from_fn(|| self.conn.poll_event()).collect();
+        let keys = &self.keys;
+        let key = |t: u32| keys.get(&t).copied().unwrap_or(ChannelKey { id: 0, epoch: 0 });
+        events.into_iter().map(|e| Ev::from(e, key)).collect()
     }
 
     /// Moves the clock forward, firing the deadlines on the way, as the driver would.
@@ -187,7 +201,8 @@ impl Peer {
 
     /// Opens a channel and answers open-ok; the reply token is `token`.
     pub(super) fn open_channel(&mut self, token: u32) -> ChannelKey {
-        let key = self.conn.open_channel(token).map_err(|(e, _)| e).unwrap();
+        let key = self.conn.open_channel(token, token).map_err(|(e, ..)| e).unwrap();
+        self.keys.insert(token, key);
         let sent = self.sent_methods();
         assert_eq!(sent, vec![(key.id, chan::Open::default().into())]);
         self.method(key.id, chan::OpenOk::default());

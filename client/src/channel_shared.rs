@@ -1,0 +1,161 @@
+//! State of one channel that the driver writes and the channel's handles read: which
+//! incarnation it is, whether it is closed or paused by the broker, its confirm window, its
+//! returned messages and its settle-once coverage. The driver hands it to the state machine
+//! as the channel's token, so the channel's events come back carrying it.
+
+use std::sync::{
+    Arc, Mutex, PoisonError,
+    atomic::{AtomicBool, AtomicU64, Ordering},
+};
+
+use lepus_codec::Content;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::{Error, ReturnedMessage, conn_shared::ConnShared, proto::ChannelKey, settle::CoveredThrough};
+
+/// Returned messages kept for a channel's [`crate::Returns`] stream before new ones are dropped.
+const RETURNS_CAPACITY: usize = 256;
+
+pub(crate) struct ChannelShared {
+    /// The current incarnation as `epoch << 16 | id`; 0 until the driver has opened it.
+    key: AtomicU64,
+    pub(crate) conn: Arc<ConnShared>,
+    closed: watch::Sender<Option<Error>>,
+    flow: watch::Sender<bool>,
+    /// The confirm window: a confirmed publish holds a permit until it is resolved.
+    pub(crate) window: Arc<Semaphore>,
+    confirm_mode: AtomicBool,
+    returns_tx: mpsc::Sender<ReturnedMessage>,
+    returns_rx: Mutex<Option<mpsc::Receiver<ReturnedMessage>>>,
+    returns_dropped: AtomicU64,
+    /// Which delivery tags a `multiple` ack or nack has settled on this incarnation.
+    pub(crate) covered: CoveredThrough,
+}
+
+fn pack(key: ChannelKey) -> u64 {
+    (key.epoch << 16) | u64::from(key.id)
+}
+
+fn unpack(packed: u64) -> ChannelKey {
+    // The low 16 bits are the id by construction.
+    ChannelKey { id: (packed & 0xffff) as u16, epoch: packed >> 16 }
+}
+
+impl ChannelShared {
+    pub(crate) fn new(conn: Arc<ConnShared>) -> Arc<Self> {
+        let (returns_tx, returns_rx) = mpsc::channel(RETURNS_CAPACITY);
+        let window = Arc::new(Semaphore::new(conn.limits.publish_window));
+        Arc::new(ChannelShared {
+            key: AtomicU64::new(0),
+            conn,
+            closed: watch::Sender::new(None),
+            flow: watch::Sender::new(true),
+            window,
+            confirm_mode: AtomicBool::new(false),
+            returns_tx,
+            returns_rx: Mutex::new(Some(returns_rx)),
+            returns_dropped: AtomicU64::new(0),
+            covered: CoveredThrough::default(),
+        })
+    }
+
+    // ---- written by the driver ---------------------------------------------------------
+
+    /// The driver opened (or reopened) the channel as `key`.
+    pub(crate) fn set_key(&self, key: ChannelKey) {
+        // Tags start again at 1 on a new incarnation.
+        self.covered.reset();
+        self.key.store(pack(key), Ordering::Release);
+    }
+
+    pub(crate) fn closed(&self, error: Error) {
+        self.closed.send_if_modified(|c| {
+            if c.is_none() {
+                *c = Some(error);
+                true
+            } else {
+                false
+            }
+        });
+        // Publishers waiting for window space or flow must wake up and see the close.
+        self.window.close();
+        self.flow.send_replace(true);
+    }
+
+    pub(crate) fn set_flow(&self, active: bool) {
+        self.flow.send_replace(active);
+    }
+
+    pub(crate) fn returned(&self, content: Content) {
+        if self.returns_tx.try_send(ReturnedMessage::from_content(content)).is_err() {
+            let dropped = self.returns_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            let id = self.key().id;
+            tracing::warn!(channel = id, dropped, "returned message dropped: nobody reads Channel::returns");
+        }
+    }
+
+    // ---- read by everyone --------------------------------------------------------------
+
+    /// The current incarnation (id 0 before the driver opened it).
+    pub(crate) fn key(&self) -> ChannelKey {
+        unpack(self.key.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.borrow().is_some()
+    }
+
+    pub(crate) fn check_open(&self) -> Result<(), Error> {
+        match &*self.closed.borrow() {
+            Some(e) => Err(e.clone()),
+            None => self.conn.check_open(),
+        }
+    }
+
+    pub(crate) fn closed_rx(&self) -> watch::Receiver<Option<Error>> {
+        self.closed.subscribe()
+    }
+
+    pub(crate) fn flow_active(&self) -> bool {
+        *self.flow.borrow()
+    }
+
+    pub(crate) fn flow_rx(&self) -> watch::Receiver<bool> {
+        self.flow.subscribe()
+    }
+
+    pub(crate) fn confirm_mode(&self) -> bool {
+        self.confirm_mode.load(Ordering::Acquire)
+    }
+
+    /// Publishes queued from now on are in confirm mode on the wire too.
+    pub(crate) fn set_confirm_mode(&self) {
+        self.confirm_mode.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn take_returns(&self) -> Option<mpsc::Receiver<ReturnedMessage>> {
+        self.returns_rx.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    /// The error to report when a waiter's reply channel broke: the channel's close reason,
+    /// else the connection's.
+    pub(crate) fn close_reason_or_closed(&self) -> Error {
+        self.check_open().err().unwrap_or_else(|| self.conn.closed_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_through_the_packed_form() {
+        for key in [
+            ChannelKey { id: 1, epoch: 1 },
+            ChannelKey { id: u16::MAX, epoch: 7 },
+            ChannelKey { id: 42, epoch: (1 << 47) + 3 },
+        ] {
+            assert_eq!(unpack(pack(key)), key);
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! What crosses between the handles and the driver task: the commands handles send, the
+//! waiters those commands carry, and the tokens the driver gives the state machine.
+//!
+//! Every command goes through one unbounded, ordered queue, so that nothing overtakes what
+//! was sent before it (an ack, then a close, arrive in that order). Its size is bounded
+//! elsewhere: each caller of a synchronous method waits for its reply, acks are bounded by
+//! the deliveries they settle, and publishes take bytes from the connection's publish budget
+//! before they are queued (`ConnShared::publish_budget`), which the driver gives back as it
+//! takes them.
+
+use std::{collections::VecDeque, sync::Arc};
+
+use bytes::Bytes;
+use lepus_codec::{Method, ReplyCode, ShortStr, method::basic};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+
+use crate::{
+    Error,
+    channel_shared::ChannelShared,
+    conn_shared::ConnShared,
+    delivery_queue::{DeliveryItem, DeliveryQueue},
+    proto::{self, ChannelKey, Reply, ReturnKey, Tokens},
+};
+
+/// A synchronous method's reply, or the error that prevented it.
+pub(crate) type CallResult = Result<Reply, Error>;
+
+/// Commands a handle gives the driver; each carries what the driver answers on.
+pub(crate) enum Command {
+    /// Opens a channel; `reply` gets open-ok. The driver sets the channel's key.
+    OpenChannel { channel: Arc<ChannelShared>, reply: oneshot::Sender<CallResult> },
+    /// A synchronous method (or a nowait one, answered with `Reply::Sent`).
+    Call { channel: Arc<ChannelShared>, method: Method, reply: oneshot::Sender<CallResult> },
+    /// basic.consume with the queue its deliveries go to.
+    Consume {
+        channel: Arc<ChannelShared>,
+        consume: basic::Consume,
+        reply: oneshot::Sender<CallResult>,
+        queue: Arc<DeliveryQueue>,
+    },
+    /// An ack, nack or reject for a delivery that came on incarnation `key`; refused if
+    /// that incarnation is no longer open, so a stale tag never reaches the broker.
+    Settle { key: ChannelKey, method: Method },
+    /// Pre-encoded publish frames, with a confirm waiter in confirm mode. `budget` bytes of
+    /// the connection's publish budget were taken for it.
+    Publish {
+        channel: Arc<ChannelShared>,
+        frames: PublishFrames,
+        confirm: Option<(ConfirmTx, Option<ReturnKey>)>,
+        budget: u32,
+    },
+    /// connection.update-secret.
+    UpdateSecret { secret: Bytes, reason: String, reply: oneshot::Sender<CallResult> },
+    /// connection.close; `done` learns whether the broker confirmed it.
+    Close { code: ReplyCode, text: String, done: oneshot::Sender<Result<(), Error>> },
+    /// The last handle of a channel was dropped: close it.
+    ChannelDropped { channel: Arc<ChannelShared> },
+    /// A consumer was dropped: give back what it had not read, and cancel it.
+    ConsumerDropped(Released),
+}
+
+/// What a dropped consumer hands back.
+pub(crate) struct Released {
+    pub(crate) queue: Arc<DeliveryQueue>,
+    pub(crate) channel: Arc<ChannelShared>,
+    pub(crate) tag: ShortStr,
+    /// Deliveries queued for it and never read: they go back to the broker.
+    pub(crate) items: VecDeque<DeliveryItem>,
+    /// Whether a `basic.cancel` is still to be sent.
+    pub(crate) cancel: bool,
+}
+
+/// The frames of one publish: one buffer for small bodies, envelope and body slices for
+/// large ones.
+pub(crate) enum PublishFrames {
+    One(Bytes),
+    Many(Vec<Bytes>),
+}
+
+impl IntoIterator for PublishFrames {
+    type Item = Bytes;
+    type IntoIter = PublishFramesIter;
+    fn into_iter(self) -> PublishFramesIter {
+        match self {
+            PublishFrames::One(b) => PublishFramesIter::One(Some(b)),
+            PublishFrames::Many(v) => PublishFramesIter::Many(v.into_iter()),
+        }
+    }
+}
+
+pub(crate) enum PublishFramesIter {
+    One(Option<Bytes>),
+    Many(std::vec::IntoIter<Bytes>),
+}
+
+impl Iterator for PublishFramesIter {
+    type Item = Bytes;
+    fn next(&mut self) -> Option<Bytes> {
+        match self {
+            PublishFramesIter::One(b) => b.take(),
+            PublishFramesIter::Many(it) => it.next(),
+        }
+    }
+}
+
+/// A confirm waiter; it holds its place in the channel's in-flight window until resolved.
+pub(crate) struct ConfirmTx {
+    pub(crate) tx: oneshot::Sender<Result<proto::Confirmation, Error>>,
+    pub(crate) _permit: OwnedSemaphorePermit,
+}
+
+/// The driver's tokens: oneshot senders for replies and confirms, the channel's shared state
+/// for channels, the consumer's queue for consumers.
+pub(crate) struct DriverTokens;
+
+impl Tokens for DriverTokens {
+    type Channel = Arc<ChannelShared>;
+    type Reply = oneshot::Sender<CallResult>;
+    type Confirm = ConfirmTx;
+    type Consumer = Arc<DeliveryQueue>;
+}
+
+/// The handles' way to the driver. Only handles hold one: when the last is dropped, the
+/// driver sees the queue close and closes the connection.
+#[derive(Clone)]
+pub(crate) struct CommandSender {
+    tx: mpsc::UnboundedSender<Command>,
+    pub(crate) conn: Arc<ConnShared>,
+}
+
+impl CommandSender {
+    pub(crate) fn new(tx: mpsc::UnboundedSender<Command>, conn: Arc<ConnShared>) -> Self {
+        CommandSender { tx, conn }
+    }
+
+    /// Queues a command; fails with the close reason once the driver has stopped. Never
+    /// waits, so it can be used from `Drop`.
+    pub(crate) fn send(&self, cmd: Command) -> Result<(), Error> {
+        self.tx.send(cmd).map_err(|_| self.conn.closed_error())
+    }
+}

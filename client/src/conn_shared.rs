@@ -1,0 +1,213 @@
+//! State of one connection that the driver writes and every handle reads: tuning, the
+//! blocked and closed states, the events stream, and the budgets that bound what handles may
+//! hand to the driver (publish bytes) and what the driver may hand to consumers (unread
+//! deliveries). It holds no way to send commands, so the driver keeping it does not keep
+//! the connection alive.
+
+use std::{
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use lepus_codec::{FieldTable, ReplyCode};
+use tokio::sync::{Notify, Semaphore, broadcast, watch};
+
+use crate::{CloseReason, ConnectionEvent, Error, proto::Tuning};
+
+/// Connection events kept for slow readers of [`crate::Connection::events`].
+const EVENT_CAPACITY: usize = 64;
+
+/// The limits handles apply, from the connection's options.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HandleLimits {
+    /// Publishes a confirming channel may have awaiting their confirm.
+    pub(crate) publish_window: usize,
+    /// How long a publish may wait while the broker blocks the connection.
+    pub(crate) blocked_timeout: Option<Duration>,
+    /// The default deadline of every call a handle makes.
+    pub(crate) call_timeout: Option<Duration>,
+    /// Bytes of publishes handed to the driver and not yet taken by it.
+    pub(crate) publish_budget: usize,
+    /// Bytes of deliveries waiting for the application before the socket stops being read.
+    pub(crate) max_unread: usize,
+}
+
+pub(crate) struct ConnShared {
+    info: Mutex<Option<(Tuning, FieldTable)>>,
+    /// The negotiated `frame_max`, read on every publish.
+    frame_max: AtomicU32,
+    blocked: watch::Sender<Option<String>>,
+    closed: watch::Sender<Option<Error>>,
+    /// Set when the driver task has ended and released the socket.
+    finished: watch::Sender<bool>,
+    events: broadcast::Sender<ConnectionEvent>,
+    pub(crate) limits: HandleLimits,
+    /// Publishers take permits (bytes) before handing frames over; the driver gives them
+    /// back as it takes the frames. Closed when the driver ends, failing every waiter.
+    pub(crate) publish_budget: Semaphore,
+    /// Bytes in consumer queues that the application has not taken yet.
+    unread: AtomicUsize,
+    /// Whether the driver stopped reading the socket because `unread` is too high.
+    reading_paused: AtomicBool,
+    /// Wakes the driver when the application has taken enough to resume reading.
+    pub(crate) resume_reading: Notify,
+    /// A close the application asked for, for a driver that is not taking commands (its
+    /// output is stuck): it must still close, and the close must not wait behind publishes.
+    close_request: Mutex<Option<(ReplyCode, String)>>,
+    pub(crate) close_signal: Notify,
+    /// Numbers the consumer tags chosen by the client.
+    consumers: AtomicU64,
+}
+
+impl ConnShared {
+    pub(crate) fn new(limits: HandleLimits) -> Self {
+        ConnShared {
+            info: Mutex::new(None),
+            frame_max: AtomicU32::new(0),
+            blocked: watch::Sender::new(None),
+            closed: watch::Sender::new(None),
+            finished: watch::Sender::new(false),
+            events: broadcast::Sender::new(EVENT_CAPACITY),
+            publish_budget: Semaphore::new(limits.publish_budget),
+            limits,
+            unread: AtomicUsize::new(0),
+            reading_paused: AtomicBool::new(false),
+            resume_reading: Notify::new(),
+            close_request: Mutex::new(None),
+            close_signal: Notify::new(),
+            consumers: AtomicU64::new(0),
+        }
+    }
+
+    // ---- written by the driver ---------------------------------------------------------
+
+    pub(crate) fn connected(&self, tuning: Tuning, server_properties: FieldTable) {
+        self.frame_max.store(tuning.frame_max, Ordering::Release);
+        *self.info.lock().unwrap_or_else(PoisonError::into_inner) = Some((tuning, server_properties));
+    }
+
+    pub(crate) fn set_blocked(&self, reason: Option<String>) {
+        let event = match &reason {
+            Some(r) => ConnectionEvent::Blocked(r.clone()),
+            None => ConnectionEvent::Unblocked,
+        };
+        self.blocked.send_replace(reason);
+        // Nobody listening is fine: events never wait for readers.
+        let _ = self.events.send(event);
+    }
+
+    /// The connection is over (the driver may still be releasing the socket).
+    pub(crate) fn closed(&self, error: &Error) {
+        if self.closed.borrow().is_some() {
+            return;
+        }
+        self.closed.send_replace(Some(error.clone()));
+        // A closed connection blocks nobody: publishers waiting for the block to lift wake
+        // up and find the connection closed.
+        self.blocked.send_replace(None);
+        // Publishers waiting for budget fail now rather than when the socket is released.
+        self.publish_budget.close();
+        let _ = self.events.send(ConnectionEvent::Closed(error.clone()));
+    }
+
+    /// The driver has ended: the socket is released and every waiter answered.
+    pub(crate) fn finished(&self) {
+        self.publish_budget.close();
+        self.finished.send_replace(true);
+    }
+
+    /// Records whether reading is paused for unread deliveries.
+    pub(crate) fn set_reading_paused(&self, paused: bool) {
+        self.reading_paused.store(paused, Ordering::SeqCst);
+    }
+
+    pub(crate) fn take_close_request(&self) -> Option<(ReplyCode, String)> {
+        self.close_request.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    // ---- read by everyone --------------------------------------------------------------
+
+    pub(crate) fn tuning(&self) -> Tuning {
+        self.info.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|(t, _)| *t).unwrap_or_default()
+    }
+
+    pub(crate) fn server_properties(&self) -> FieldTable {
+        self.info.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|(_, p)| p.clone()).unwrap_or_default()
+    }
+
+    /// The negotiated `frame_max` (0 before the handshake and for "no limit").
+    pub(crate) fn frame_max(&self) -> u32 {
+        self.frame_max.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn blocked_rx(&self) -> watch::Receiver<Option<String>> {
+        self.blocked.subscribe()
+    }
+
+    /// Whether the broker blocks publishing now, without subscribing (the publish hot path).
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.blocked.borrow().is_some()
+    }
+
+    pub(crate) fn blocked_reason(&self) -> Option<String> {
+        self.blocked.borrow().clone()
+    }
+
+    pub(crate) fn subscribe_events(&self) -> broadcast::Receiver<ConnectionEvent> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn subscribe_finished(&self) -> watch::Receiver<bool> {
+        self.finished.subscribe()
+    }
+
+    /// The error the connection closed with, or a generic one if it is still open (used when
+    /// a reply channel broke, which only happens when the driver is gone).
+    pub(crate) fn closed_error(&self) -> Error {
+        self.closed.borrow().clone().unwrap_or_else(|| {
+            Error::ConnectionClosed(CloseReason::client(ReplyCode::INTERNAL_ERROR, "the connection driver stopped"))
+        })
+    }
+
+    pub(crate) fn check_open(&self) -> Result<(), Error> {
+        match &*self.closed.borrow() {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    // ---- written by handles ------------------------------------------------------------
+
+    /// Asks a driver whose output is stuck to close now (see `close_request`).
+    pub(crate) fn request_close(&self, code: ReplyCode, text: &str) {
+        *self.close_request.lock().unwrap_or_else(PoisonError::into_inner) = Some((code, text.to_owned()));
+        self.close_signal.notify_one();
+    }
+
+    /// A number for a consumer tag, unique on this connection.
+    pub(crate) fn next_consumer_number(&self) -> u64 {
+        self.consumers.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// `bytes` of deliveries were queued for a consumer.
+    pub(crate) fn add_unread(&self, bytes: usize) {
+        self.unread.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// The application took `bytes` of deliveries: wake a driver that paused reading once
+    /// enough has gone (half the limit, so that it does not flap on every delivery).
+    pub(crate) fn sub_unread(&self, bytes: usize) {
+        let left = self.unread.fetch_sub(bytes, Ordering::SeqCst).saturating_sub(bytes);
+        if self.reading_paused.load(Ordering::SeqCst) && left <= self.limits.max_unread / 2 {
+            self.resume_reading.notify_one();
+        }
+    }
+
+    /// Bytes of deliveries the application has not taken.
+    pub(crate) fn unread(&self) -> usize {
+        self.unread.load(Ordering::SeqCst)
+    }
+}

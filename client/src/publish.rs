@@ -1,0 +1,143 @@
+//! Publishing on a [`Channel`]: encoding on the caller's side, the waits a publish may make
+//! (a blocked connection, a paused channel, the confirm window, the publish budget), and
+//! handing the frames to the driver.
+
+use bytes::{Bytes, BytesMut};
+use lepus_codec::{encode_publish, encode_publish_vectored, method::basic};
+use tokio::sync::oneshot;
+
+use crate::{
+    Channel, Error, PublishOptions, PublisherConfirm,
+    channel_shared::ChannelShared,
+    command::{Command, ConfirmTx, PublishFrames},
+    connection::short,
+    deadline::within,
+    proto::ReturnKey,
+};
+
+/// Bodies above this go to the socket as slices of themselves instead of being copied
+/// into the frame buffer.
+const VECTORED_BODY: usize = 16 * 1024;
+
+impl Channel {
+    /// Publishes a message. The body is not copied on its way to the socket when it is
+    /// large; small bodies are copied once, into the frame buffer.
+    ///
+    /// Returns once the frames are queued for the socket — waiting first while the broker
+    /// blocks the connection or pauses the channel, in confirm mode while the in-flight
+    /// window is full, and while the connection already holds its limit of unsent
+    /// publishes. The [`PublisherConfirm`] resolves to the broker's verdict (or
+    /// [`crate::Confirmation::NotRequested`] outside confirm mode).
+    ///
+    /// An `Err` means the message was not handed to the connection: nothing was sent, so
+    /// publishing it again cannot duplicate it. Once `Ok` is returned, only the confirm
+    /// says what became of it. The handle's deadline ([`Channel::with_timeout`]) bounds
+    /// every wait, the confirm's included.
+    pub async fn basic_publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: impl Into<Bytes>,
+        options: PublishOptions,
+    ) -> Result<PublisherConfirm, Error> {
+        let body = body.into();
+        // Nothing is sent before the last await, so a publish abandoned at its deadline
+        // was not sent.
+        within(self.timeout, "basic_publish", self.publish(exchange, routing_key, body, options)).await
+    }
+
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: Bytes,
+        options: PublishOptions,
+    ) -> Result<PublisherConfirm, Error> {
+        let shared = self.shared();
+        shared.check_open()?;
+        wait_publishable(shared).await?;
+        let publish = basic::Publish {
+            ticket: 0,
+            exchange: short(exchange)?,
+            routing_key: short(routing_key)?,
+            mandatory: options.mandatory,
+            immediate: false,
+        };
+        let frame_max = shared.conn.frame_max();
+        let (frames, size) = if body.len() > VECTORED_BODY {
+            let mut buf = BytesMut::with_capacity(512);
+            let mut segments = Vec::with_capacity(4);
+            encode_publish_vectored(
+                &mut buf,
+                shared.key().id,
+                &publish,
+                &options.properties,
+                &body,
+                frame_max,
+                &mut segments,
+            )?;
+            (PublishFrames::Many(segments), body.len() + buf.len())
+        } else {
+            let mut buf = BytesMut::with_capacity(body.len() + 96);
+            encode_publish(&mut buf, shared.key().id, &publish, &options.properties, &body, frame_max)?;
+            let len = buf.len();
+            (PublishFrames::One(buf.freeze()), len)
+        };
+        let confirm = if shared.confirm_mode() {
+            let permit = shared.window.clone().acquire_owned().await.map_err(|_| shared.close_reason_or_closed())?;
+            let return_key = options.mandatory.then(|| ReturnKey {
+                exchange: publish.exchange.clone(),
+                routing_key: publish.routing_key.clone(),
+                body_size: body.len() as u64,
+            });
+            let (tx, rx) = oneshot::channel();
+            Some((ConfirmTx { tx, _permit: permit }, return_key, rx))
+        } else {
+            None
+        };
+        // The budget is taken last: a publish waiting for window space must not hold bytes
+        // that other channels' publishes could use.
+        let budget = size.min(shared.conn.limits.publish_budget) as u32;
+        let permit =
+            shared.conn.publish_budget.acquire_many(budget).await.map_err(|_| shared.close_reason_or_closed())?;
+        // The driver gives these back when it takes the publish (see the Publish command).
+        permit.forget();
+        let channel = self.link.shared.clone();
+        let Some((tx, return_key, rx)) = confirm else {
+            self.link.commands.send(Command::Publish { channel, frames, confirm: None, budget })?;
+            return Ok(PublisherConfirm::not_requested(shared.conn.clone()));
+        };
+        self.link.commands.send(Command::Publish { channel, frames, confirm: Some((tx, return_key)), budget })?;
+        Ok(PublisherConfirm::pending(rx, shared.conn.clone(), self.timeout))
+    }
+}
+
+/// Waits while the broker blocks the connection or pauses this channel. The common case
+/// costs two watch reads and no subscription; a wait ends when the block lifts, or when the
+/// channel or the connection closes (which then is the error).
+async fn wait_publishable(shared: &ChannelShared) -> Result<(), Error> {
+    if shared.conn.is_blocked() {
+        let mut blocked = shared.conn.blocked_rx();
+        let mut closed = shared.closed_rx();
+        let wait = async {
+            // The connection closing also clears `blocked` (see ConnShared::closed).
+            tokio::select! {
+                _ = blocked.wait_for(Option::is_none) => {}
+                _ = closed.wait_for(Option::is_some) => {}
+            }
+        };
+        if let Some(limit) = shared.conn.limits.blocked_timeout {
+            if tokio::time::timeout(limit, wait).await.is_err() {
+                shared.check_open()?;
+                return Err(Error::Timeout("publishing while the broker blocks the connection"));
+            }
+        } else {
+            wait.await;
+        }
+    }
+    if !shared.flow_active() {
+        let mut flow = shared.flow_rx();
+        let _ = flow.wait_for(|active| *active).await;
+    }
+    shared.check_open()
+}
