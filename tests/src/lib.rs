@@ -3,6 +3,7 @@
 //! [`raw::RawSession`] speaks AMQP with nothing but `lepus-codec` and a blocking socket: it
 //! lets tests check the codec against the real RabbitMQ before (and beside) the client.
 
+pub mod bounded;
 pub mod fake_broker;
 pub mod node;
 pub mod proxy;

@@ -17,6 +17,7 @@ use lepus::{
         method::{basic, connection, queue},
     },
 };
+use lepus_tests::bounded::{Bounded, stays_pending, until, within};
 use lepus_tests::fake_broker::{self, FakeBroker, Peer};
 use tokio::{sync::oneshot, task::JoinHandle};
 
@@ -29,13 +30,6 @@ const WAIT: Duration = Duration::from_secs(10);
 
 fn short(s: &str) -> ShortStr {
     ShortStr::try_from(s).unwrap()
-}
-
-async fn within<F: Future>(limit: Duration, what: &str, f: F) -> F::Output {
-    match tokio::time::timeout(limit, f).await {
-        Ok(out) => out,
-        Err(elapsed) => panic!("{what} did not finish within {limit:?} ({elapsed})"),
-    }
 }
 
 async fn connect(options: ConnectionOptions) -> Connection {
@@ -83,9 +77,9 @@ impl Outstanding {
             .await
             .unwrap();
         let calls = [ch1.clone(), ch2.clone()].map(|ch| {
-            tokio::spawn(
-                async move { ch.queue_declare("never.answered", Default::default(), Default::default()).await },
-            )
+            tokio::spawn(async move {
+                ch.queue_declare("never.answered", Default::default(), Default::default()).within(WAIT).await
+            })
         });
         Outstanding { conn, _channels: [ch1, ch2], consumers: [c1, c2], confirm, calls, last_read }
     }
@@ -175,6 +169,7 @@ async fn fatal_input(fake: FakeBroker, input: Vec<u8>) -> Fatal {
             let code = until_closed(&mut peer).await?;
             Ok((sent, code))
         })
+        .within(WAIT)
         .await
         .unwrap();
     let outstanding = Outstanding::open(fake.options()).await;
@@ -256,6 +251,7 @@ async fn m2_oversized_frame_before_tune_fails_the_connect() {
                 until_closed(&mut peer).await?;
                 Ok(sent)
             })
+            .within(WAIT)
             .await
             .unwrap();
         let result = within(WAIT, "connect", Connection::connect_with(fake.options())).await;
@@ -342,6 +338,7 @@ async fn m8_frame_max_below_4096_fails_the_connect_with_tune() {
                 peer.send_frame(Frame::Method(0, tune.into())).await?;
                 until_closed(&mut peer).await
             })
+            .within(WAIT)
             .await
             .unwrap();
         let err = within(WAIT, "connect", Connection::connect_with(fake.options())).await.unwrap_err();
@@ -373,6 +370,7 @@ async fn m8_tune_ok_takes_the_lower_nonzero_value_and_never_0_against_a_limit() 
                 peer.serve_until_closed().await?;
                 Ok(tune_ok)
             })
+            .within(WAIT)
             .await
             .unwrap();
         let options = ours.host("127.0.0.1").port(fake.addr().port());
@@ -410,6 +408,7 @@ async fn n1_silent_peer_is_declared_dead_within_5s_and_everything_pending_fails(
             peer.expect_closed().await?;
             Ok(())
         })
+        .within(WAIT)
         .await
         .unwrap();
     let outstanding = Outstanding::open(fake.options()).await;
@@ -458,6 +457,7 @@ async fn n2_cut_or_reset_at_every_byte_of_a_delivery_fails_the_consumer_never_pa
                 Ok(())
             }
         })
+        .within(WAIT)
         .await
         .unwrap();
     let mut worst = Duration::ZERO;
@@ -530,6 +530,7 @@ async fn n4_silent_after_the_protocol_header_times_out_and_leaves_no_task() {
             peer.expect_closed().await?;
             Ok(())
         })
+        .within(WAIT)
         .await
         .unwrap();
     let metrics = tokio::runtime::Handle::current().metrics();
@@ -542,10 +543,7 @@ async fn n4_silent_after_the_protocol_header_times_out_and_leaves_no_task() {
     assert!(matches!(err, Err(Error::Timeout(_))), "{err:?}");
     assert!(took >= limit && took < limit + PROMPT, "timed out after {took:?}, configured {limit:?}");
     // Aborted tasks go away at their next poll: allow them a moment.
-    let settle = Instant::now();
-    while metrics.num_alive_tasks() > before && settle.elapsed() < PROMPT {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(PROMPT, "the failed connect's tasks to end", || metrics.num_alive_tasks() <= before).await;
     assert_eq!(metrics.num_alive_tasks(), before, "a task of the failed connect is still alive");
     let _ = release.send(());
     fake.finish().await;
@@ -645,24 +643,22 @@ async fn a_publish_waiting_on_a_block_fails_when_the_connection_dies() {
             peer.close_socket().await?;
             Ok(())
         })
+        .within(WAIT)
         .await
         .unwrap();
     // No blocked_publish_timeout: the wait is bounded only by the block or the connection.
     let conn = connect(fake.options()).await;
     let channel = within(WAIT, "open", conn.open_channel()).await.unwrap();
-    within(WAIT, "blocked", async {
-        while conn.blocked().is_none() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    let publish =
-        tokio::spawn(async move { channel.basic_publish("", "q", &b"x"[..], PublishOptions::default()).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!publish.is_finished(), "the publish waits while the broker blocks the connection");
+    until(WAIT, "the connection to be blocked", || conn.blocked().is_some()).await;
+    let mut publish =
+        tokio::spawn(
+            async move { channel.basic_publish("", "q", &b"x"[..], PublishOptions::default()).within(WAIT).await },
+        );
+    stays_pending(Duration::from_millis(200), "a publish while the broker blocks the connection", &mut publish).await;
     let _ = release.send(());
     let result = within(WAIT, "the waiting publish", publish).await.unwrap();
-    assert!(result.is_err(), "the publish must fail with the connection's error, got {result:?}");
+    // The fake closed the socket (FIN): the connection's I/O error, not a timeout.
+    assert!(matches!(result, Err(Error::Io(_))), "the publish must fail with the connection's error, got {result:?}");
     assert!(!conn.is_open());
     fake.finish().await;
 }
@@ -683,6 +679,7 @@ async fn c3_confirms_of_publishes_racing_a_dropped_socket_all_resolve() {
             }
             if i % 2 == 0 { peer.close_socket().await.map(|_| ()) } else { peer.reset() }
         })
+        .within(WAIT)
         .await
         .unwrap();
     for round in 0..ROUNDS {
@@ -695,7 +692,7 @@ async fn c3_confirms_of_publishes_racing_a_dropped_socket_all_resolve() {
                 tokio::spawn(async move {
                     let mut confirms = Vec::new();
                     while let Ok(confirm) =
-                        channel.basic_publish("", "q", &b"race"[..], PublishOptions::default()).await
+                        channel.basic_publish("", "q", &b"race"[..], PublishOptions::default()).within(WAIT).await
                     {
                         confirms.push(confirm);
                     }
@@ -706,8 +703,9 @@ async fn c3_confirms_of_publishes_racing_a_dropped_socket_all_resolve() {
         let mut accepted = 0;
         for publisher in publishers {
             for confirm in within(WAIT, "a publisher to stop", publisher).await.unwrap() {
-                let outcome = within(WAIT, &format!("round {round}: confirm {accepted}"), confirm).await;
-                assert!(outcome.is_err(), "round {round}: the fake never confirms, got {outcome:?}");
+                let outcome = within(WAIT, format!("round {round}: confirm {accepted}"), confirm).await;
+                // The fake never confirms: only the dropped socket (FIN or RST) ends a confirm.
+                assert!(matches!(outcome, Err(Error::Io(_))), "round {round}: got {outcome:?}");
                 accepted += 1;
             }
         }
