@@ -21,9 +21,13 @@ use lepus_tests::bounded::{Bounded, stays_pending, until, within};
 use lepus_tests::fake_broker::{self, FakeBroker, Peer};
 use tokio::{sync::oneshot, task::JoinHandle};
 
-/// The catalogue asks for errors "within 100 ms". Locally they take well under 10 ms, but a
-/// loaded 2-core CI machine can hold a runnable task back longer than 100 ms, so the bound
-/// asserted is 1 s; every test prints the latency it measured.
+/// M1 and N2: the error reaches every handle within 100 ms of the input or the cut, as the
+/// catalogue states. Measured over 20 runs of the M1 and N2 tests (debug build, 2 cores, one
+/// kept busy by `sh -c 'while :; do :; done'`): the worst M1 case took 7.8 ms, the worst of
+/// N2's 188 cuts 21.4 ms, so the catalogue's bound is asserted as it is, without slack.
+const CATALOGUE_BOUND: Duration = Duration::from_millis(100);
+/// For failures the catalogue asks to be prompt without a number (M2, M7, N4): 1 s, ten times
+/// the M1 bound; each test prints the latency it measured.
 const PROMPT: Duration = Duration::from_secs(1);
 /// The longest any single client operation may take in these tests before it counts as a hang.
 const WAIT: Duration = Duration::from_secs(10);
@@ -178,12 +182,17 @@ async fn fatal_input(fake: FakeBroker, input: Vec<u8>) -> Fatal {
     Fatal { errors, latency: last.saturating_duration_since(sent), close_code }
 }
 
-fn assert_all(fatal: &Fatal, case: &str, code: ReplyCode, pred: impl Fn(&Error) -> bool) {
+/// Asserts every handle failed with `code` (and `pred`), the last within `bound` of the input.
+fn assert_all(fatal: &Fatal, case: &str, bound: Duration, code: ReplyCode, pred: impl Fn(&Error) -> bool) {
     for (name, e) in &fatal.errors {
         assert!(pred(e), "{case}: {name} failed with {e:?}");
         assert_eq!(e.reply_code(), Some(code), "{case}: {name}: {e}");
     }
-    assert!(fatal.latency < PROMPT, "{case}: the last handle failed {:?} after the input", fatal.latency);
+    assert!(
+        fatal.latency < bound,
+        "{case}: the last handle failed {:?} after the input (bound {bound:?})",
+        fatal.latency
+    );
     assert_eq!(fatal.close_code, Some(code), "{case}: the client closes the connection with {code}");
     println!("{case}: every handle failed with {code} within {:?}", fatal.latency);
 }
@@ -198,7 +207,7 @@ async fn m1_bad_frame_end_fails_every_handle_with_501() {
     bad.truncate(method_len);
     bad[method_len - 1] = 0x00;
     let fatal = fatal_input(FakeBroker::new(), bad.to_vec()).await;
-    assert_all(&fatal, "bad frame end", ReplyCode::FRAME_ERROR, |e| {
+    assert_all(&fatal, "bad frame end", CATALOGUE_BOUND, ReplyCode::FRAME_ERROR, |e| {
         matches!(e, Error::Decode(DecodeError::BadFrameEnd { found: 0x00 }))
     });
 }
@@ -211,6 +220,7 @@ async fn m1_unknown_frame_type_fails_every_handle_with_501() {
         assert_all(
             &fatal,
             &format!("frame type {frame_type}"),
+            CATALOGUE_BOUND,
             ReplyCode::FRAME_ERROR,
             |e| matches!(e, Error::Decode(DecodeError::UnknownFrameType(t)) if *t == frame_type),
         );
@@ -233,7 +243,7 @@ async fn m2_oversized_frame_size_fails_from_the_header_alone() {
     ];
     for (case, header) in cases {
         let fatal = fatal_input(FakeBroker::new().tune(2047, 4096, 0), header.to_vec()).await;
-        assert_all(&fatal, case, ReplyCode::FRAME_ERROR, |e| {
+        assert_all(&fatal, case, PROMPT, ReplyCode::FRAME_ERROR, |e| {
             matches!(e, Error::Decode(DecodeError::FrameTooLarge { .. }))
         });
     }
@@ -321,7 +331,7 @@ async fn m7_frames_where_they_cannot_be_close_the_connection_with_the_right_code
     ];
     for (case, input, code, pred) in cases {
         let fatal = fatal_input(FakeBroker::new(), input).await;
-        assert_all(&fatal, case, code, pred);
+        assert_all(&fatal, case, PROMPT, code, pred);
     }
 }
 
@@ -490,7 +500,7 @@ async fn n2_cut_or_reset_at_every_byte_of_a_delivery_fails_the_consumer_never_pa
         let latency = failed.saturating_duration_since(cut_at);
         worst = worst.max(latency);
         assert!(is_io(&error), "{case}: {error:?}");
-        assert!(latency < PROMPT, "{case}: the consumer failed {latency:?} after the cut");
+        assert!(latency < CATALOGUE_BOUND, "{case}: the consumer failed {latency:?} after the cut");
         let after = within(WAIT, &case, consumer.next()).await;
         assert!(after.is_none(), "{case}: nothing after the error, got {after:?}");
         assert!(is_io(&within(WAIT, "closed", conn.closed()).await), "{case}");
