@@ -116,7 +116,7 @@ pub async fn eventually<Fut: Future<Output = bool>>(
     let deadline = Instant::now() + limit;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        if within(left, format_args!("{what} (a check)"), check()).await {
+        if within(left, format!("{what} (a check)"), check()).await {
             return;
         }
         assert!(Instant::now() < deadline, "{what}: not so within {limit:?}");

@@ -5,6 +5,7 @@
 
 pub mod bounded;
 pub mod fake_broker;
+pub mod nested;
 pub mod node;
 pub mod proxy;
 pub mod raw;
