@@ -5,6 +5,7 @@
 
 pub mod bounded;
 pub mod fake_broker;
+pub mod memory;
 pub mod nested;
 pub mod node;
 pub mod proxy;
