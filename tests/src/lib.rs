@@ -11,6 +11,7 @@ pub mod node;
 pub mod proxy;
 pub mod raw;
 pub mod util;
+pub mod wire_check;
 
 /// The broker the tests use: `AMQP_ADDR` (`host:port`) or `127.0.0.1:5672`.
 pub fn broker_addr() -> String {

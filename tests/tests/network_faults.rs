@@ -14,7 +14,7 @@ use bytes::BytesMut;
 use lepus::{
     BasicProperties, Confirmation, Connection, ConnectionOptions, ConsumeOptions, Error, PublishOptions,
     QueueDeclareOptions, QueueDeleteOptions, ShortStr,
-    codec::{encode_publish, method::basic},
+    codec::{Method, encode_publish, method::basic},
 };
 use lepus_tests::bounded::{Bounded, within};
 use lepus_tests::{
@@ -308,10 +308,14 @@ impl DropPoint {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn c2_futures_dropped_at_random_await_points_leave_the_connection_working() {
-    const ROUNDS: usize = 2_000;
+async fn c2_futures_dropped_at_10k_random_await_points_leave_no_half_written_frame() {
+    const ROUNDS: usize = 10_000;
     let mut rng = Rng::seeded("c2");
     let proxy = Proxy::to_broker().within(WAIT).await.unwrap();
+    // Every byte both ways, read back at the end as the broker and the client read them.
+    proxy.capture(Direction::ClientToBroker);
+    proxy.capture(Direction::BrokerToClient);
+    let started = Instant::now();
     let conn = connect(proxy.options()).await;
     let channel = within(WAIT, "open", conn.open_channel()).await.unwrap();
     within(WAIT, "confirm.select", channel.confirm_select()).await.unwrap();
@@ -372,6 +376,30 @@ async fn c2_futures_dropped_at_random_await_points_leave_the_connection_working(
     within(WAIT, "declare", other.queue_declare(&queue, passive, Default::default())).await.unwrap();
     assert!(conn.is_open() && channel.is_open(), "{:?}", conn.close_reason());
     within(WAIT, "close", conn.close()).await.unwrap();
+
+    // What the client wrote: whole frames, each message's frames together, nothing cut off.
+    let frame_max = conn.tuning().frame_max;
+    let sent = lepus_tests::wire_check::check_stream(&proxy.captured(Direction::ClientToBroker), true, frame_max)
+        .unwrap_or_else(|e| panic!("the client's stream: {e}"));
+    // What the broker answered: no close of any kind but the close-ok of ours.
+    let received = lepus_tests::wire_check::check_stream(&proxy.captured(Direction::BrokerToClient), false, frame_max)
+        .unwrap_or_else(|e| panic!("the broker's stream: {e}"));
+    let closes: Vec<String> = received
+        .methods
+        .iter()
+        .filter(|(_, m)| matches!(m, Method::ConnectionClose(_) | Method::ChannelClose(_)))
+        .map(|(ch, m)| format!("{} on channel {ch}: {m:?}", m.name()))
+        .collect();
+    assert!(closes.is_empty(), "the broker closed something: {closes:?}");
+    assert!(matches!(received.methods.last(), Some((0, Method::ConnectionCloseOk(_)))), "the close was answered");
+    println!(
+        "c2: {ROUNDS} rounds in {:?}; the client sent {} whole messages in {} methods, the broker {} in {}",
+        started.elapsed(),
+        sent.messages,
+        sent.methods.len(),
+        received.messages,
+        received.methods.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
