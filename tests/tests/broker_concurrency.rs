@@ -11,7 +11,7 @@ use std::{
 };
 
 use lepus::{Confirmation, ConsumeOptions, Error, Initiator, PublishOptions, ReplyCode};
-use lepus_tests::bounded::{Bounded, within};
+use lepus_tests::bounded::{Bounded, until, within};
 use lepus_tests::util::{connect, connect_with, exclusive, exclusive_queue, options, ready};
 
 /// The most a whole phase may take.
@@ -97,9 +97,13 @@ async fn c1_64_tasks_publish_on_one_confirmed_channel() {
 type Outcome = (usize, Option<Error>);
 
 /// C3: closing the connection while 8 tasks publish, acknowledge and open channels: every
-/// operation returns Ok or a closed error, none hangs, every task finishes.
+/// operation returns Ok or a closed error, none hangs, every task finishes, and no task of
+/// the client outlives the connection (counted with the runtime's metrics).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn c3_close_while_publishes_acks_and_channel_opens_are_in_flight() {
+    // Tasks of this test's runtime before the client has any: none may be left at the end.
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let tasks_before = metrics.num_alive_tasks();
     let conn = connect().await;
     let setup = conn.open_channel().within(WAIT).await.unwrap();
     let q = exclusive_queue(&setup, "c3").await;
@@ -194,4 +198,8 @@ async fn c3_close_while_publishes_acks_and_channel_opens_are_in_flight() {
             other => panic!("{kind} after {done} operations: expected a closed error, got {other:?}"),
         }
     }
+    // Every handle is gone: the driver and anything else the client spawned must end.
+    drop((conn, setup));
+    until(WAIT, "the client's tasks to end", || metrics.num_alive_tasks() <= tasks_before).await;
+    assert_eq!(metrics.num_alive_tasks(), tasks_before, "tasks left alive after the close");
 }
