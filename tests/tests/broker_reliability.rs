@@ -1,6 +1,8 @@
 //! The reliability catalogue (`/work/shared/RELIABILITY.md`) at client level, against the
-//! real RabbitMQ: resource limits (R1-R3) and broker faults (B1, B5, B6), and an unpolled
-//! consumer next to R5/C4. The concurrency cases (C1, C3) are in `broker_concurrency.rs`.
+//! real RabbitMQ: resource limits (R1-R3) and broker faults (B1, B5, B6), a slow handler
+//! with a 2 s heartbeat (C4), and an unpolled consumer next to R5. The concurrency cases
+//! (C1, C3) are in `broker_concurrency.rs`, the RSS bounds of R3 and R5 in
+//! `memory_bounds.rs`.
 //!
 //! B1 closes a connection with `rabbitmqctl close_connection`, but only this test's own
 //! connection, found by a unique `connection_name`: other connections on the shared node
@@ -513,5 +515,75 @@ async fn unpolled_consumer_without_prefetch_does_not_stall_or_kill_the_connectio
         assert_eq!(&d.body[..], i.to_be_bytes());
         d.ack().within(WAIT).await.unwrap();
     }
+    conn.close().within(WAIT).await.unwrap();
+}
+
+/// C4: an application whose handler takes 10 s per message, on a connection with a 2 s
+/// heartbeat, that never reads its confirms nor its connection events while another task
+/// keeps publishing: the connection stays up for the 30 s it takes (the broker would close it
+/// after two silent heartbeat intervals), and the confirms are all acks when finally read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c4_a_handler_taking_10s_per_message_keeps_a_2s_heartbeat_connection_for_30s() {
+    const HANDLED: u32 = 3;
+    const WORK: Duration = Duration::from_secs(10);
+    let name = unique("c4");
+    let conn = connect_with(options().heartbeat(2).connection_name(&name)).await;
+    assert_eq!(conn.tuning().heartbeat, 2, "the broker accepts our 2 s");
+    let _unread_events = conn.events();
+    let ch = conn.open_channel().within(WAIT).await.unwrap();
+    ch.confirm_select().within(WAIT).await.unwrap();
+    let work = exclusive_queue(&ch, "c4-work").await;
+    let side = exclusive_queue(&ch, "c4-side").await;
+    // One more than the handler gets to: it waits in the consumer's buffer all along.
+    for i in 0..=HANDLED {
+        let confirm = ch.basic_publish("", &work, i.to_be_bytes().to_vec(), PublishOptions::default());
+        assert!(within(WAIT, "a confirm", confirm.within(WAIT).await.unwrap()).await.unwrap().is_ack());
+    }
+
+    // Publishing goes on throughout; its confirms pile up unread.
+    let publishing = Arc::new(AtomicUsize::new(1));
+    let publisher = tokio::spawn({
+        let (ch, side, publishing) = (ch.clone(), side.clone(), publishing.clone());
+        async move {
+            let mut unread = Vec::new();
+            while publishing.load(Ordering::Acquire) == 1 {
+                let publish = ch.basic_publish("", &side, &b"meanwhile"[..], PublishOptions::default());
+                unread.push(publish.within(WAIT).await.expect("publishing while the handler works"));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            unread
+        }
+    });
+
+    let consuming = conn.open_channel().within(WAIT).await.unwrap();
+    let mut consumer = consuming.basic_consume(&work, ConsumeOptions::default()).within(WAIT).await.unwrap();
+    let started = Instant::now();
+    for i in 0..HANDLED {
+        let delivery = next(&mut consumer).await;
+        assert_eq!(&delivery.body[..], i.to_be_bytes());
+        // The handler's work: the application does nothing else meanwhile.
+        tokio::time::sleep(WORK).await;
+        delivery.ack().within(WAIT).await.unwrap();
+        assert!(conn.is_open(), "after {:?} of handling: {:?}", started.elapsed(), conn.close_reason());
+    }
+    let handled_for = started.elapsed();
+    assert!(handled_for >= WORK * HANDLED, "{handled_for:?}");
+
+    // The broker agrees: our connection is still there.
+    let pid = ctl({
+        let name = name.clone();
+        move || connection_pid(&name)
+    })
+    .await;
+    assert!(pid.is_some(), "the broker no longer lists our connection after {handled_for:?}");
+    publishing.store(0, Ordering::Release);
+    let unread = within(WAIT, "the publisher", publisher).await.unwrap();
+    assert!(unread.len() >= 50, "the publisher kept going: {} publishes", unread.len());
+    for confirm in unread {
+        assert_eq!(within(WAIT, "a late confirm", confirm).await.unwrap(), Confirmation::Ack);
+    }
+    let last = next(&mut consumer).await;
+    assert_eq!(&last.body[..], HANDLED.to_be_bytes(), "the buffered delivery is still there");
+    println!("C4: connection up after {handled_for:?} of 10 s handlers with a 2 s heartbeat");
     conn.close().within(WAIT).await.unwrap();
 }
