@@ -3,11 +3,15 @@
 //! [`raw::RawSession`] speaks AMQP with nothing but `lepus-codec` and a blocking socket: it
 //! lets tests check the codec against the real RabbitMQ before (and beside) the client.
 
+pub mod bounded;
 pub mod fake_broker;
+pub mod memory;
+pub mod nested;
 pub mod node;
 pub mod proxy;
 pub mod raw;
 pub mod util;
+pub mod wire_check;
 
 /// The broker the tests use: `AMQP_ADDR` (`host:port`) or `127.0.0.1:5672`.
 pub fn broker_addr() -> String {

@@ -22,7 +22,7 @@ use std::{
     io,
     net::SocketAddr,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
@@ -94,6 +94,8 @@ struct Control {
     /// Per direction: 0 = cut, 1 = reset.
     fault: [AtomicU64; 2],
     forwarded: [AtomicU64; 2],
+    /// Per direction: every byte forwarded, once [`Proxy::capture`] turned it on.
+    captured: [Mutex<Option<Vec<u8>>>; 2],
     connections: AtomicUsize,
 }
 
@@ -143,6 +145,7 @@ impl Proxy {
             limit: [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)],
             fault: [AtomicU64::new(0), AtomicU64::new(0)],
             forwarded: [AtomicU64::new(0), AtomicU64::new(0)],
+            captured: [Mutex::new(None), Mutex::new(None)],
             connections: AtomicUsize::new(0),
         });
         let task = tokio::spawn(accept_loop(listener, upstream, control.clone()));
@@ -213,6 +216,18 @@ impl Proxy {
     /// Bytes forwarded in `dir` so far.
     pub fn forwarded(&self, dir: Direction) -> u64 {
         self.control.forwarded[dir.index()].load(Ordering::Acquire)
+    }
+
+    /// Keeps a copy of every byte forwarded in `dir` from now on (call it before the client
+    /// connects to see the whole conversation); see [`Proxy::captured`].
+    pub fn capture(&self, dir: Direction) {
+        let mut captured = self.control.captured[dir.index()].lock().unwrap_or_else(PoisonError::into_inner);
+        captured.get_or_insert_with(Vec::new);
+    }
+
+    /// The bytes forwarded in `dir` since [`Proxy::capture`] (empty if it was not called).
+    pub fn captured(&self, dir: Direction) -> Vec<u8> {
+        self.control.captured[dir.index()].lock().unwrap_or_else(PoisonError::into_inner).clone().unwrap_or_default()
     }
 
     /// Connections accepted so far.
@@ -304,6 +319,11 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, dir: Direction, c
             written = to.write(chunk) => match written {
                 Ok(0) | Err(_) => return reset(&from, &to),
                 Ok(n) => {
+                    if let Some(copy) =
+                        control.captured[i].lock().unwrap_or_else(PoisonError::into_inner).as_mut()
+                    {
+                        copy.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                    }
                     start += n;
                     let total = control.forwarded[i].fetch_add(n as u64, Ordering::AcqRel) + n as u64;
                     // The limit acts as soon as it is reached, not when the next byte comes.

@@ -94,6 +94,11 @@ impl RawSession {
         self.stream.write_all(&out)
     }
 
+    /// Writes bytes as they are: frames the encoder would refuse (see [`crate::nested`]).
+    pub fn send_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
     /// Reads the next frame that is not a heartbeat.
     pub fn recv(&mut self) -> io::Result<Frame> {
         loop {

@@ -3,9 +3,14 @@
 //!
 //! Nothing here needs a runtime; the tests bring tokio.
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
 use lepus::{Channel, Connection, ConnectionOptions, Error, FieldTable, Initiator, QueueDeclareOptions, ReplyCode};
+
+use crate::bounded::within;
+
+/// How long each broker call made by these helpers may take before it counts as a hang.
+pub const HELPER_WAIT: Duration = Duration::from_secs(10);
 
 /// The broker's AMQP URI: `AMQP_URL`, else built from `AMQP_ADDR` (`host:port`), else
 /// `amqp://guest:guest@127.0.0.1:5672/%2f`.
@@ -45,9 +50,10 @@ pub async fn connect() -> Connection {
 /// Connects with explicit options.
 ///
 /// # Panics
-/// If the broker cannot be reached or refuses the connection.
+/// If the broker cannot be reached or refuses the connection, or the connect takes over
+/// [`HELPER_WAIT`].
 pub async fn connect_with(options: ConnectionOptions) -> Connection {
-    match Connection::connect_with(options).await {
+    match within(HELPER_WAIT, "connecting to the test broker", Connection::connect_with(options)).await {
         Ok(conn) => conn,
         Err(e) => panic!("cannot connect to the test broker at {} (is it running?): {e}", crate::broker_addr()),
     }
@@ -113,17 +119,21 @@ pub fn exclusive() -> QueueDeclareOptions {
 /// Declares an exclusive queue with a [`unique`] name and returns the name.
 ///
 /// # Panics
-/// If the broker refuses the declare.
+/// If the broker refuses the declare, or it takes over [`HELPER_WAIT`].
 pub async fn exclusive_queue(channel: &Channel, name: &str) -> String {
-    channel.queue_declare(&unique(name), exclusive(), FieldTable::new()).await.expect("queue.declare").name
+    let name = unique(name);
+    let declare = channel.queue_declare(&name, exclusive(), FieldTable::new());
+    within(HELPER_WAIT, "queue.declare", declare).await.expect("queue.declare").name
 }
 
 /// Ready messages in `queue`, from a passive declare.
 ///
 /// # Panics
-/// If the queue does not exist (which also closes the channel).
+/// If the queue does not exist (which also closes the channel), or the declare takes over
+/// [`HELPER_WAIT`].
 pub async fn ready(channel: &Channel, queue: &str) -> u32 {
-    channel.queue_declare(queue, passive(), FieldTable::new()).await.expect("passive queue.declare").message_count
+    let declare = channel.queue_declare(queue, passive(), FieldTable::new());
+    within(HELPER_WAIT, "passive queue.declare", declare).await.expect("passive queue.declare").message_count
 }
 
 /// A field table of string values, e.g. message headers or binding arguments.

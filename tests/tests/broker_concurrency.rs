@@ -3,7 +3,6 @@
 
 use std::{
     collections::HashSet,
-    future::Future,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -12,14 +11,11 @@ use std::{
 };
 
 use lepus::{Confirmation, ConsumeOptions, Error, Initiator, PublishOptions, ReplyCode};
+use lepus_tests::bounded::{Bounded, until, within};
 use lepus_tests::util::{connect, connect_with, exclusive, exclusive_queue, options, ready};
 
 /// The most a whole phase may take.
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn within<F: Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(WAIT, f).await.unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
-}
 
 const TASKS: usize = 64;
 const PER_TASK: usize = 100;
@@ -41,8 +37,8 @@ fn body(task: usize, i: usize) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn c1_64_tasks_publish_on_one_confirmed_channel() {
     let conn = connect_with(options().frame_max(4096)).await;
-    let ch = conn.open_channel().await.unwrap();
-    ch.confirm_select().await.unwrap();
+    let ch = conn.open_channel().within(WAIT).await.unwrap();
+    ch.confirm_select().within(WAIT).await.unwrap();
     let q = exclusive_queue(&ch, "c1").await;
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -51,31 +47,33 @@ async fn c1_64_tasks_publish_on_one_confirmed_channel() {
         tasks.spawn(async move {
             let mut confirms = Vec::with_capacity(PER_TASK);
             for i in 0..PER_TASK {
-                confirms.push(ch.basic_publish("", &q, body(task, i), PublishOptions::default()).await.unwrap());
+                confirms.push(
+                    ch.basic_publish("", &q, body(task, i), PublishOptions::default()).within(WAIT).await.unwrap(),
+                );
                 if i % 7 == task % 7 {
                     tokio::task::yield_now().await;
                 }
             }
             let mut acked = 0;
             for c in confirms {
-                assert_eq!(c.await.unwrap(), Confirmation::Ack, "task {task}");
+                assert_eq!(c.within(WAIT).await.unwrap(), Confirmation::Ack, "task {task}");
                 acked += 1;
             }
             acked
         });
     }
-    let acked: usize = within("all confirms", tasks.join_all()).await.into_iter().sum();
+    let acked: usize = within(WAIT, "all confirms", tasks.join_all()).await.into_iter().sum();
     assert_eq!(acked, TASKS * PER_TASK);
     assert_eq!(ready(&ch, &q).await as usize, TASKS * PER_TASK, "each publish reached the queue once");
 
-    let consuming = conn.open_channel().await.unwrap();
-    consuming.basic_qos(500, false).await.unwrap();
-    let mut consumer = consuming.basic_consume(&q, ConsumeOptions::default()).await.unwrap();
+    let consuming = conn.open_channel().within(WAIT).await.unwrap();
+    consuming.basic_qos(500, false).within(WAIT).await.unwrap();
+    let mut consumer = consuming.basic_consume(&q, ConsumeOptions::default()).within(WAIT).await.unwrap();
     let mut seen = HashSet::new();
     let mut last = [None::<usize>; TASKS];
-    within("all deliveries", async {
+    within(WAIT, "all deliveries", async {
         for n in 1..=TASKS * PER_TASK {
-            let d = consumer.next().await.expect("the stream ended").expect("a delivery");
+            let d = consumer.next().within(WAIT).await.expect("the stream ended").expect("a delivery");
             let head = std::str::from_utf8(d.body.get(..7).expect("a 7-byte head")).expect("an ASCII head");
             let task: usize = head[..2].parse().unwrap();
             let i: usize = head[3..6].parse().unwrap();
@@ -84,26 +82,30 @@ async fn c1_64_tasks_publish_on_one_confirmed_channel() {
             assert!(last[task].is_none_or(|prev| prev < i), "task {task}: {i} after {:?}", last[task]);
             last[task] = Some(i);
             if n.is_multiple_of(100) {
-                d.ack_multiple().await.unwrap();
+                d.ack_multiple().within(WAIT).await.unwrap();
             }
         }
     })
     .await;
     assert_eq!(seen.len(), TASKS * PER_TASK);
-    consuming.close().await.unwrap();
+    consuming.close().within(WAIT).await.unwrap();
     assert_eq!(ready(&ch, &q).await, 0, "every delivery was acknowledged");
-    conn.close().await.unwrap();
+    conn.close().within(WAIT).await.unwrap();
 }
 
 /// What one C3 task did: how many operations succeeded, and the error that stopped it.
 type Outcome = (usize, Option<Error>);
 
 /// C3: closing the connection while 8 tasks publish, acknowledge and open channels: every
-/// operation returns Ok or a closed error, none hangs, every task finishes.
+/// operation returns Ok or a closed error, none hangs, every task finishes, and no task of
+/// the client outlives the connection (counted with the runtime's metrics).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn c3_close_while_publishes_acks_and_channel_opens_are_in_flight() {
+    // Tasks of this test's runtime before the client has any: none may be left at the end.
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let tasks_before = metrics.num_alive_tasks();
     let conn = connect().await;
-    let setup = conn.open_channel().await.unwrap();
+    let setup = conn.open_channel().within(WAIT).await.unwrap();
     let q = exclusive_queue(&setup, "c3").await;
     // One progress counter per task: the close waits until every task has done some work,
     // so each kind of operation is in flight when it lands (a total alone let a slow kind
@@ -113,16 +115,17 @@ async fn c3_close_while_publishes_acks_and_channel_opens_are_in_flight() {
     let mut tasks = tokio::task::JoinSet::new();
 
     for _ in 0..3 {
-        let (ch, q, ops) = (conn.open_channel().await.unwrap(), q.clone(), counters.next().unwrap());
-        ch.confirm_select().await.unwrap();
+        let (ch, q, ops) = (conn.open_channel().within(WAIT).await.unwrap(), q.clone(), counters.next().unwrap());
+        ch.confirm_select().within(WAIT).await.unwrap();
         tasks.spawn(async move {
             let mut done = 0;
             loop {
-                let confirm = match ch.basic_publish("", &q, vec![7u8; 512], PublishOptions::default()).await {
-                    Ok(c) => c,
-                    Err(e) => return ("publisher", (done, Some(e))),
-                };
-                match confirm.await {
+                let confirm =
+                    match ch.basic_publish("", &q, vec![7u8; 512], PublishOptions::default()).within(WAIT).await {
+                        Ok(c) => c,
+                        Err(e) => return ("publisher", (done, Some(e))),
+                    };
+                match confirm.within(WAIT).await {
                     Ok(Confirmation::Ack) => {}
                     Ok(other) => panic!("unexpected {other:?}"),
                     Err(e) => return ("publisher", (done, Some(e))),
@@ -133,15 +136,15 @@ async fn c3_close_while_publishes_acks_and_channel_opens_are_in_flight() {
         });
     }
     for _ in 0..2 {
-        let (ch, q, ops) = (conn.open_channel().await.unwrap(), q.clone(), counters.next().unwrap());
-        ch.basic_qos(50, false).await.unwrap();
-        let mut consumer = ch.basic_consume(&q, ConsumeOptions::default()).await.unwrap();
+        let (ch, q, ops) = (conn.open_channel().within(WAIT).await.unwrap(), q.clone(), counters.next().unwrap());
+        ch.basic_qos(50, false).within(WAIT).await.unwrap();
+        let mut consumer = ch.basic_consume(&q, ConsumeOptions::default()).within(WAIT).await.unwrap();
         tasks.spawn(async move {
             let mut done = 0;
             loop {
-                match consumer.next().await {
+                match consumer.next().within(WAIT).await {
                     Some(Ok(d)) => {
-                        if let Err(e) = d.ack().await {
+                        if let Err(e) = d.ack().within(WAIT).await {
                             return ("acker", (done, Some(e)));
                         }
                     }
@@ -159,9 +162,9 @@ async fn c3_close_while_publishes_acks_and_channel_opens_are_in_flight() {
             let mut done = 0;
             let result: Result<(), Error> = async {
                 loop {
-                    let ch = conn.open_channel().await?;
-                    ch.queue_declare("", exclusive(), Default::default()).await?;
-                    ch.close().await?;
+                    let ch = conn.open_channel().within(WAIT).await?;
+                    ch.queue_declare("", exclusive(), Default::default()).within(WAIT).await?;
+                    ch.close().within(WAIT).await?;
                     done += 1;
                     ops.fetch_add(1, Ordering::Relaxed);
                 }
@@ -178,10 +181,10 @@ async fn c3_close_while_publishes_acks_and_channel_opens_are_in_flight() {
         assert!(Instant::now() < deadline, "the tasks never got going: {counts:?}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    within("Connection::close", conn.close()).await.unwrap();
+    within(WAIT, "Connection::close", conn.close()).await.unwrap();
     assert!(!conn.is_open());
 
-    let outcomes: Vec<(&str, Outcome)> = within("every task to finish", tasks.join_all()).await;
+    let outcomes: Vec<(&str, Outcome)> = within(WAIT, "every task to finish", tasks.join_all()).await;
     assert_eq!(outcomes.len(), 8);
     for (kind, (done, error)) in &outcomes {
         assert!(*done > 0, "{kind}: never got going");
@@ -195,4 +198,8 @@ async fn c3_close_while_publishes_acks_and_channel_opens_are_in_flight() {
             other => panic!("{kind} after {done} operations: expected a closed error, got {other:?}"),
         }
     }
+    // Every handle is gone: the driver and anything else the client spawned must end.
+    drop((conn, setup));
+    until(WAIT, "the client's tasks to end", || metrics.num_alive_tasks() <= tasks_before).await;
+    assert_eq!(metrics.num_alive_tasks(), tasks_before, "tasks left alive after the close");
 }

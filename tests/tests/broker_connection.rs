@@ -1,30 +1,27 @@
 //! The connection against the real RabbitMQ: what the broker says about itself,
 //! update-secret, and refused logins (T4) and secrets kept out of sight (T5).
 
-use std::{future::Future, time::Duration};
+use std::time::Duration;
 
 use lepus::{Connection, ConnectionOptions, Error, FieldValue, Initiator, ReplyCode};
+use lepus_tests::bounded::{Bounded, within};
 use lepus_tests::util::{connect, exclusive_queue, options, ready, unique};
 
 /// The most any single expected event may take.
 const WAIT: Duration = Duration::from_secs(5);
 
-async fn within<F: Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(WAIT, f).await.unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
-}
-
 #[tokio::test]
 async fn update_secret_with_the_same_password() {
     let conn = connect().await;
-    let ch = conn.open_channel().await.unwrap();
+    let ch = conn.open_channel().within(WAIT).await.unwrap();
     // RabbitMQ's internal backend has no expiring state: it accepts the new secret as is
     // (update-secret-ok), and the connection carries on.
     let password = options().get_credentials().password.expose().to_owned();
-    within("update-secret-ok", conn.update_secret(password.into_bytes(), "lepus test refresh")).await.unwrap();
+    within(WAIT, "update-secret-ok", conn.update_secret(password.into_bytes(), "lepus test refresh")).await.unwrap();
     assert!(conn.is_open());
     let q = exclusive_queue(&ch, "secret").await;
     assert_eq!(ready(&ch, &q).await, 0);
-    conn.close().await.unwrap();
+    conn.close().within(WAIT).await.unwrap();
 }
 
 #[tokio::test]
@@ -52,14 +49,14 @@ async fn server_properties_and_capabilities_are_readable() {
     assert!(!conn.server_capability("product"), "not a capability");
     let tuning = conn.tuning();
     assert_eq!((tuning.frame_max, tuning.channel_max, tuning.heartbeat), (131_072, 2047, 60));
-    conn.close().await.unwrap();
+    conn.close().within(WAIT).await.unwrap();
 }
 
 #[tokio::test]
 async fn t4_wrong_password_is_access_refused_with_the_brokers_text() {
     let secret = "lepus-wrong-password-Zq9";
     let options = options().credentials("guest", secret);
-    let err = within("the refusal", Connection::connect_with(options)).await.unwrap_err();
+    let err = within(WAIT, "the refusal", Connection::connect_with(options)).await.unwrap_err();
     let Error::AccessRefused(text) = &err else { panic!("expected AccessRefused, got {err:?}") };
     assert!(text.contains("ACCESS_REFUSED") && text.contains("PLAIN"), "{text}");
     assert_eq!(err.reply_code(), Some(ReplyCode::ACCESS_REFUSED));
@@ -72,7 +69,7 @@ async fn t4_wrong_password_is_access_refused_with_the_brokers_text() {
 async fn t4_unknown_vhost_is_530() {
     let vhost = unique("no-such-vhost");
     let options = options().vhost(vhost.clone());
-    let err = within("the refusal", Connection::connect_with(options)).await.unwrap_err();
+    let err = within(WAIT, "the refusal", Connection::connect_with(options)).await.unwrap_err();
     assert_eq!(err.reply_code(), Some(ReplyCode::NOT_ALLOWED), "{err:?}");
     let Error::ConnectionClosed(reason) = &err else { panic!("expected ConnectionClosed, got {err:?}") };
     assert_eq!(reason.initiator, Initiator::Server);
@@ -88,7 +85,7 @@ async fn t5_options_from_a_uri_never_show_the_password() {
         assert!(!shown.contains(secret), "{shown}");
     }
     // Nor does the error of a failed login with it.
-    let err = within("the refusal", Connection::connect_with(options)).await.unwrap_err();
+    let err = within(WAIT, "the refusal", Connection::connect_with(options)).await.unwrap_err();
     assert!(matches!(err, Error::AccessRefused(_)), "{err:?}");
     assert!(!format!("{err} {err:?}").contains(secret));
 }

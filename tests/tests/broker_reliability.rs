@@ -1,13 +1,14 @@
 //! The reliability catalogue (`/work/shared/RELIABILITY.md`) at client level, against the
-//! real RabbitMQ: resource limits (R1-R3) and broker faults (B1, B5, B6), and an unpolled
-//! consumer next to R5/C4. The concurrency cases (C1, C3) are in `broker_concurrency.rs`.
+//! real RabbitMQ: resource limits (R1-R3) and broker faults (B1, B5, B6), a slow handler
+//! with a 2 s heartbeat (C4), and an unpolled consumer next to R5. The concurrency cases
+//! (C1, C3) are in `broker_concurrency.rs`, the RSS bounds of R3 and R5 in
+//! `memory_bounds.rs`.
 //!
 //! B1 closes a connection with `rabbitmqctl close_connection`, but only this test's own
 //! connection, found by a unique `connection_name`: other connections on the shared node
 //! are never touched.
 
 use std::{
-    future::Future,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -16,10 +17,12 @@ use std::{
 };
 
 use bytes::Bytes;
+use lepus::codec::EncodeError;
 use lepus::{
     BasicProperties, Channel, Confirmation, ConnectionEvent, ConsumeOptions, Consumer, Delivery, Error, FieldTable,
     Initiator, PublishOptions, QueueDeclareOptions, ReplyCode,
 };
+use lepus_tests::bounded::{Bounded, within};
 use lepus_tests::util::{
     assert_channel_error, broker_channel_count, connect, connect_with, connection_pid, exclusive, exclusive_queue,
     options, passive, rabbitmqctl, ready, unique,
@@ -28,12 +31,8 @@ use lepus_tests::util::{
 /// The most any single expected event may take.
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn within<F: Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(WAIT, f).await.unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
-}
-
 async fn next(consumer: &mut Consumer) -> Delivery {
-    match within("a delivery", consumer.next()).await {
+    match within(WAIT, "a delivery", consumer.next()).await {
         Some(Ok(d)) => d,
         other => panic!("expected a delivery, got {other:?}"),
     }
@@ -47,7 +46,7 @@ fn pattern(size: usize, seed: usize) -> Bytes {
 
 /// Runs `rabbitmqctl` off the runtime's threads.
 async fn ctl<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> T {
-    within("rabbitmqctl", tokio::task::spawn_blocking(f)).await.unwrap().unwrap()
+    within(WAIT, "rabbitmqctl", tokio::task::spawn_blocking(f)).await.unwrap().unwrap()
 }
 
 /// R1: at `frame_max` 4096 the client splits and reassembles bodies of 0, 1, 4088 (one full
@@ -56,25 +55,26 @@ async fn ctl<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + '
 async fn r1_bodies_across_frame_boundaries_round_trip_at_frame_max_4096() {
     let conn = connect_with(options().frame_max(4096)).await;
     assert_eq!(conn.tuning().frame_max, 4096);
-    let ch = conn.open_channel().await.unwrap();
-    ch.confirm_select().await.unwrap();
+    let ch = conn.open_channel().within(WAIT).await.unwrap();
+    ch.confirm_select().within(WAIT).await.unwrap();
     let q = exclusive_queue(&ch, "r1").await;
     let sizes = [0usize, 1, 4088, 4089, 40960, 5 << 20];
     let mut confirms = Vec::new();
     for (seed, size) in sizes.into_iter().enumerate() {
-        confirms.push(ch.basic_publish("", &q, pattern(size, seed), PublishOptions::default()).await.unwrap());
+        confirms
+            .push(ch.basic_publish("", &q, pattern(size, seed), PublishOptions::default()).within(WAIT).await.unwrap());
     }
     for c in confirms {
-        assert_eq!(within("a confirm", c).await.unwrap(), Confirmation::Ack);
+        assert_eq!(within(WAIT, "a confirm", c).await.unwrap(), Confirmation::Ack);
     }
-    let mut consumer = ch.basic_consume(&q, ConsumeOptions::default()).await.unwrap();
+    let mut consumer = ch.basic_consume(&q, ConsumeOptions::default()).within(WAIT).await.unwrap();
     for (seed, size) in sizes.into_iter().enumerate() {
         let d = next(&mut consumer).await;
         assert_eq!(d.body.len(), size);
         assert!(d.body == pattern(size, seed), "the {size}-byte body differs");
-        d.ack().await.unwrap();
+        d.ack().within(WAIT).await.unwrap();
     }
-    conn.close().await.unwrap();
+    conn.close().within(WAIT).await.unwrap();
 }
 
 /// R2: RabbitMQ sends a message's header frame whole even when it is larger than the
@@ -90,33 +90,40 @@ async fn r2_header_frame_larger_than_frame_max_4096_is_accepted() {
     let body = pattern(10_000, 2);
 
     let consumer_conn = connect_with(options().frame_max(4096)).await;
-    let consumer_ch = consumer_conn.open_channel().await.unwrap();
-    let q = consumer_ch.queue_declare(&unique("r2"), QueueDeclareOptions::default(), FieldTable::new()).await.unwrap();
-    let mut consumer = consumer_ch.basic_consume(&q.name, ConsumeOptions::default()).await.unwrap();
+    let consumer_ch = consumer_conn.open_channel().within(WAIT).await.unwrap();
+    let q = consumer_ch
+        .queue_declare(&unique("r2"), QueueDeclareOptions::default(), FieldTable::new())
+        .within(WAIT)
+        .await
+        .unwrap();
+    let mut consumer = consumer_ch.basic_consume(&q.name, ConsumeOptions::default()).within(WAIT).await.unwrap();
 
     // The client refuses to send a header frame over its own frame_max: a typed error,
     // and the connection stays up.
-    let small = consumer_conn.open_channel().await.unwrap();
+    let small = consumer_conn.open_channel().within(WAIT).await.unwrap();
     let options_4096 = PublishOptions { properties: properties.clone(), ..Default::default() };
-    let err = small.basic_publish("", &q.name, body.clone(), options_4096).await.unwrap_err();
-    assert!(matches!(err, Error::Encode(_)), "{err:?}");
+    let err = small.basic_publish("", &q.name, body.clone(), options_4096).within(WAIT).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Encode(EncodeError::FrameTooLarge { what: "content header", frame_max: 4096, .. })),
+        "{err:?}"
+    );
     assert!(consumer_conn.is_open() && small.is_open());
 
     let publisher = connect().await;
     assert_eq!(publisher.tuning().frame_max, 131_072);
-    let ch = publisher.open_channel().await.unwrap();
-    ch.confirm_select().await.unwrap();
+    let ch = publisher.open_channel().within(WAIT).await.unwrap();
+    ch.confirm_select().within(WAIT).await.unwrap();
     let confirm = ch.basic_publish("", &q.name, body.clone(), PublishOptions { properties, ..Default::default() });
-    assert_eq!(within("a confirm", confirm.await.unwrap()).await.unwrap(), Confirmation::Ack);
+    assert_eq!(within(WAIT, "a confirm", confirm.await.unwrap()).await.unwrap(), Confirmation::Ack);
 
     let d = next(&mut consumer).await;
     assert!(d.body == body);
     assert_eq!(d.properties.headers.as_ref(), Some(&headers), "the ~20 KB header table arrived whole");
-    d.ack().await.unwrap();
+    d.ack().within(WAIT).await.unwrap();
     assert!(consumer_conn.is_open());
-    consumer_ch.queue_delete(&q.name, Default::default()).await.unwrap();
-    publisher.close().await.unwrap();
-    consumer_conn.close().await.unwrap();
+    consumer_ch.queue_delete(&q.name, Default::default()).within(WAIT).await.unwrap();
+    publisher.close().within(WAIT).await.unwrap();
+    consumer_conn.close().within(WAIT).await.unwrap();
 }
 
 /// R3: with `channel_max` 5 the sixth channel fails locally with `ChannelLimit`; 2,000
@@ -128,28 +135,28 @@ async fn r3_channel_max_is_enforced_locally_and_ids_are_reused() {
     assert_eq!(conn.tuning().channel_max, 5);
     let mut held = Vec::new();
     for _ in 0..5 {
-        held.push(conn.open_channel().await.unwrap());
+        held.push(conn.open_channel().within(WAIT).await.unwrap());
     }
     let mut ids: Vec<u16> = held.iter().map(Channel::id).collect();
     ids.sort_unstable();
     assert_eq!(ids, [1, 2, 3, 4, 5]);
-    let err = conn.open_channel().await.unwrap_err();
+    let err = conn.open_channel().within(WAIT).await.unwrap_err();
     assert!(matches!(err, Error::ChannelLimit(5)), "{err:?}");
     assert!(conn.is_open() && held.iter().all(Channel::is_open), "refused locally: nothing else changed");
 
     // Free one id; 2,000 cycles through it.
     let freed = held.pop().unwrap();
     let freed_id = freed.id();
-    freed.close().await.unwrap();
+    freed.close().within(WAIT).await.unwrap();
     for cycle in 0..2000u32 {
-        let ch = conn.open_channel().await.unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        let ch = conn.open_channel().within(WAIT).await.unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
         assert_eq!(ch.id(), freed_id, "the only free id");
         if cycle.is_multiple_of(100) {
-            ch.basic_qos(1, false).await.unwrap();
+            ch.basic_qos(1, false).within(WAIT).await.unwrap();
         }
-        ch.close().await.unwrap();
+        ch.close().within(WAIT).await.unwrap();
     }
-    held[0].queue_declare("", exclusive(), FieldTable::new()).await.expect("the held channels still work");
+    held[0].queue_declare("", exclusive(), FieldTable::new()).within(WAIT).await.expect("the held channels still work");
 
     let pid = ctl({
         let name = name.clone();
@@ -159,7 +166,7 @@ async fn r3_channel_max_is_enforced_locally_and_ids_are_reused() {
     .expect("our connection is listed");
     let on_broker = ctl(move || broker_channel_count(&pid)).await;
     assert_eq!(on_broker, held.len(), "the broker sees exactly the channels we hold");
-    conn.close().await.unwrap();
+    conn.close().within(WAIT).await.unwrap();
 }
 
 /// Publishes 64 KiB messages on a confirm-mode channel until publishing fails; returns that
@@ -171,7 +178,7 @@ async fn publish_until_error(
 ) -> (Error, Vec<Result<Confirmation, Error>>) {
     let mut confirms = tokio::task::JoinSet::new();
     let error = loop {
-        match ch.basic_publish("", &queue, pattern(64 << 10, 1), PublishOptions::default()).await {
+        match ch.basic_publish("", &queue, pattern(64 << 10, 1), PublishOptions::default()).within(WAIT).await {
             Ok(confirm) => {
                 published.fetch_add(1, Ordering::Relaxed);
                 confirms.spawn(confirm);
@@ -179,7 +186,7 @@ async fn publish_until_error(
             Err(e) => break e,
         }
     };
-    (error, confirms.join_all().await)
+    (error, confirms.join_all().within(WAIT).await)
 }
 
 /// B1: an operator closes our connection (`rabbitmqctl close_connection`, this connection
@@ -208,27 +215,27 @@ async fn b1_round() -> (usize, usize) {
     let name = unique("b1");
     // A small publish window, so publishers are waiting for room when the close comes.
     let conn = connect_with(options().connection_name(&name).publish_window(4)).await;
-    let ch = conn.open_channel().await.unwrap();
+    let ch = conn.open_channel().within(WAIT).await.unwrap();
     let q = exclusive_queue(&ch, "b1").await;
     // The consumer waits on a queue of its own: one left unpolled on the flooded queue would
     // stall the whole connection (see the unpolled-consumer test below) and hide the close.
     let idle_q = exclusive_queue(&ch, "b1-idle").await;
-    let mut consumer = ch.basic_consume(&idle_q, ConsumeOptions::default()).await.unwrap();
-    let idle = conn.open_channel().await.unwrap();
+    let mut consumer = ch.basic_consume(&idle_q, ConsumeOptions::default()).within(WAIT).await.unwrap();
+    let idle = conn.open_channel().within(WAIT).await.unwrap();
     let mut events = conn.events();
 
     let published = Arc::new(AtomicUsize::new(0));
     let mut publishers = Vec::new();
     for _ in 0..3 {
-        let ch = conn.open_channel().await.unwrap();
-        ch.confirm_select().await.unwrap();
+        let ch = conn.open_channel().within(WAIT).await.unwrap();
+        ch.confirm_select().within(WAIT).await.unwrap();
         publishers.push(tokio::spawn(publish_until_error(ch, q.clone(), published.clone())));
     }
     let closed = tokio::spawn({
         let conn = conn.clone();
-        async move { conn.closed().await }
+        async move { conn.closed().within(WAIT).await }
     });
-    let idle_closed = tokio::spawn(async move { idle.closed(WAIT).await });
+    let idle_closed = tokio::spawn(async move { idle.closed(WAIT).within(WAIT).await });
 
     // Publishing is under way; find our connection and close it.
     let deadline = Instant::now() + WAIT;
@@ -265,7 +272,7 @@ async fn b1_round() -> (usize, usize) {
         Some(Err(e)) => check(&e, "the consumer"),
         other => panic!("the consumer: expected the close, got {other:?}"),
     }
-    assert!(consumer.next().await.is_none(), "then the stream ends");
+    assert!(consumer.next().within(WAIT).await.is_none(), "then the stream ends");
     let idle_err = tokio::time::timeout(second, idle_closed).await.expect("the idle channel within 1 s").unwrap();
     check(&idle_err.expect("the idle channel closed"), "an idle channel");
     let mut confirmed = 0;
@@ -297,10 +304,10 @@ async fn b1_round() -> (usize, usize) {
         }
     }
     // Whatever comes next fails at once with the same reason.
-    check(&conn.open_channel().await.unwrap_err(), "open_channel afterwards");
-    check(&ch.queue_declare(&q, passive(), FieldTable::new()).await.unwrap_err(), "a call afterwards");
+    check(&conn.open_channel().within(WAIT).await.unwrap_err(), "open_channel afterwards");
+    check(&ch.queue_declare(&q, passive(), FieldTable::new()).within(WAIT).await.unwrap_err(), "a call afterwards");
     assert!(!conn.is_open());
-    conn.close().await.unwrap();
+    conn.close().within(WAIT).await.unwrap();
     (confirmed, failed)
 }
 
@@ -309,29 +316,29 @@ async fn b1_round() -> (usize, usize) {
 #[tokio::test]
 async fn b5_queue_deleted_while_consuming_ends_the_stream_with_cancelled_by_broker() {
     let conn = connect().await;
-    let ch = conn.open_channel().await.unwrap();
-    ch.confirm_select().await.unwrap();
+    let ch = conn.open_channel().within(WAIT).await.unwrap();
+    ch.confirm_select().within(WAIT).await.unwrap();
     let q = exclusive_queue(&ch, "b5").await;
-    let consuming = conn.open_channel().await.unwrap();
-    let mut consumer = consuming.basic_consume(&q, ConsumeOptions::default()).await.unwrap();
+    let consuming = conn.open_channel().within(WAIT).await.unwrap();
+    let mut consumer = consuming.basic_consume(&q, ConsumeOptions::default()).within(WAIT).await.unwrap();
     for i in 0..3u8 {
-        let confirm = ch.basic_publish("", &q, vec![i], PublishOptions::default()).await.unwrap();
-        assert!(within("a confirm", confirm).await.unwrap().is_ack());
+        let confirm = ch.basic_publish("", &q, vec![i], PublishOptions::default()).within(WAIT).await.unwrap();
+        assert!(within(WAIT, "a confirm", confirm).await.unwrap().is_ack());
     }
     for i in 0..3u8 {
         let d = next(&mut consumer).await;
         assert_eq!(&d.body[..], [i]);
-        d.ack().await.unwrap();
+        d.ack().within(WAIT).await.unwrap();
     }
-    ch.queue_delete(&q, Default::default()).await.unwrap();
-    match within("the cancel", consumer.next()).await {
+    ch.queue_delete(&q, Default::default()).within(WAIT).await.unwrap();
+    match within(WAIT, "the cancel", consumer.next()).await {
         Some(Err(Error::CancelledByBroker(tag))) => assert_eq!(tag, consumer.tag()),
         other => panic!("expected CancelledByBroker, got {other:?}"),
     }
-    assert!(within("the end", consumer.next()).await.is_none());
+    assert!(within(WAIT, "the end", consumer.next()).await.is_none());
     assert!(consuming.is_open(), "a broker cancel does not close the channel");
-    consuming.queue_declare("", exclusive(), FieldTable::new()).await.unwrap();
-    conn.close().await.unwrap();
+    consuming.queue_declare("", exclusive(), FieldTable::new()).within(WAIT).await.unwrap();
+    conn.close().within(WAIT).await.unwrap();
 }
 
 /// How B6 provokes each channel error.
@@ -351,12 +358,12 @@ enum Provoke {
 async fn b6_channel_errors_close_only_their_channel() {
     // channel_max 2: the bystander has id 1, so every new channel must reuse id 2.
     let conn = connect_with(options().channel_max(2)).await;
-    let bystander = conn.open_channel().await.unwrap();
-    bystander.confirm_select().await.unwrap();
+    let bystander = conn.open_channel().within(WAIT).await.unwrap();
+    bystander.confirm_select().within(WAIT).await.unwrap();
     let q = exclusive_queue(&bystander, "b6").await;
-    let mut consumer = bystander.basic_consume(&q, ConsumeOptions::default()).await.unwrap();
+    let mut consumer = bystander.basic_consume(&q, ConsumeOptions::default()).within(WAIT).await.unwrap();
     let owner = connect().await;
-    let locked = exclusive_queue(&owner.open_channel().await.unwrap(), "b6-locked").await;
+    let locked = exclusive_queue(&owner.open_channel().within(WAIT).await.unwrap(), "b6-locked").await;
 
     for (round, (provoke, code)) in [
         (Provoke::MissingExchange, ReplyCode::NOT_FOUND),
@@ -366,20 +373,20 @@ async fn b6_channel_errors_close_only_their_channel() {
     .into_iter()
     .enumerate()
     {
-        let victim = conn.open_channel().await.unwrap();
+        let victim = conn.open_channel().within(WAIT).await.unwrap();
         assert_eq!(victim.id(), 2, "{provoke:?}: the id of the channel that failed before is free again");
-        victim.confirm_select().await.unwrap();
+        victim.confirm_select().within(WAIT).await.unwrap();
         // Three publishes queued right behind the failing command, then their confirms.
         let publish_behind = async {
             let mut sent = Vec::new();
             for i in 0..3 {
                 let body = format!("{provoke:?} {i}").into_bytes();
-                sent.push(victim.basic_publish("", &q, body, PublishOptions::default()).await);
+                sent.push(victim.basic_publish("", &q, body, PublishOptions::default()).within(WAIT).await);
             }
             let mut results = Vec::new();
             for publish in sent {
                 results.push(match publish {
-                    Ok(confirm) => within("a confirm", confirm).await,
+                    Ok(confirm) => within(WAIT, "a confirm", confirm).await,
                     Err(e) => Err(e),
                 });
             }
@@ -389,18 +396,22 @@ async fn b6_channel_errors_close_only_their_channel() {
             Provoke::MissingExchange => {
                 let missing = unique("b6-missing");
                 let failing = async {
-                    let confirm = victim.basic_publish(&missing, "k", &b"x"[..], PublishOptions::default()).await?;
-                    within("a confirm", confirm).await.map(|_| ())
+                    let confirm =
+                        victim.basic_publish(&missing, "k", &b"x"[..], PublishOptions::default()).within(WAIT).await?;
+                    within(WAIT, "a confirm", confirm).await.map(|_| ())
                 };
                 tokio::join!(failing, publish_behind)
             }
             Provoke::LockedQueue => {
-                let failing = async { victim.queue_declare(&locked, passive(), FieldTable::new()).await.map(|_| ()) };
+                let failing = async {
+                    victim.queue_declare(&locked, passive(), FieldTable::new()).within(WAIT).await.map(|_| ())
+                };
                 tokio::join!(failing, publish_behind)
             }
             Provoke::Inequivalent => {
                 let flags = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
-                let failing = async { victim.queue_declare(&q, flags, FieldTable::new()).await.map(|_| ()) };
+                let failing =
+                    async { victim.queue_declare(&q, flags, FieldTable::new()).within(WAIT).await.map(|_| ()) };
                 tokio::join!(failing, publish_behind)
             }
         };
@@ -409,25 +420,26 @@ async fn b6_channel_errors_close_only_their_channel() {
             assert_channel_error(&result.expect_err("a publish behind the failure"), code);
         }
         // (The channel's state may lag the failed call by a moment: see the next test.)
-        let reason = victim.closed(WAIT).await.expect("the channel closed");
+        let reason = victim.closed(WAIT).within(WAIT).await.expect("the channel closed");
         assert_eq!(reason.reply_code(), Some(code));
         assert!(!victim.is_open());
 
         // The bystander never noticed.
         assert!(bystander.is_open() && conn.is_open(), "{provoke:?}");
         let body = format!("bystander {round}");
-        let confirm = bystander.basic_publish("", &q, body.clone().into_bytes(), PublishOptions::default()).await;
-        assert_eq!(within("a confirm", confirm.unwrap()).await.unwrap(), Confirmation::Ack);
+        let confirm =
+            bystander.basic_publish("", &q, body.clone().into_bytes(), PublishOptions::default()).within(WAIT).await;
+        assert_eq!(within(WAIT, "a confirm", confirm.unwrap()).await.unwrap(), Confirmation::Ack);
         let d = next(&mut consumer).await;
         assert_eq!(d.body, body.as_bytes(), "only the bystander's messages reached the queue");
-        d.ack().await.unwrap();
+        d.ack().within(WAIT).await.unwrap();
     }
-    let fresh = conn.open_channel().await.unwrap();
+    let fresh = conn.open_channel().within(WAIT).await.unwrap();
     assert_eq!(fresh.id(), 2);
     assert_eq!(ready(&fresh, &q).await, 0);
     assert!(bystander.is_open());
-    owner.close().await.unwrap();
-    conn.close().await.unwrap();
+    owner.close().within(WAIT).await.unwrap();
+    conn.close().within(WAIT).await.unwrap();
 }
 
 // A call that fails because the broker closed its channel must find the channel closed,
@@ -437,19 +449,19 @@ async fn b6_channel_errors_close_only_their_channel() {
 async fn b6_a_channel_error_is_the_channels_state_as_soon_as_the_call_fails() {
     let conn = connect().await;
     for round in 0..200 {
-        let ch = conn.open_channel().await.unwrap();
-        ch.confirm_select().await.unwrap();
-        let err = ch.queue_declare(&unique("missing"), passive(), FieldTable::new()).await.unwrap_err();
+        let ch = conn.open_channel().within(WAIT).await.unwrap();
+        ch.confirm_select().within(WAIT).await.unwrap();
+        let err = ch.queue_declare(&unique("missing"), passive(), FieldTable::new()).within(WAIT).await.unwrap_err();
         assert_channel_error(&err, ReplyCode::NOT_FOUND);
         assert!(!ch.is_open(), "round {round}: the call failed with 404 but the channel reads as open");
         assert_eq!(ch.close_reason().and_then(|e| e.reply_code()), Some(ReplyCode::NOT_FOUND), "round {round}");
-        let publish = match ch.basic_publish("", "k", &b"x"[..], PublishOptions::default()).await {
-            Ok(confirm) => within("a confirm", confirm).await.map(|_| ()),
+        let publish = match ch.basic_publish("", "k", &b"x"[..], PublishOptions::default()).within(WAIT).await {
+            Ok(confirm) => within(WAIT, "a confirm", confirm).await.map(|_| ()),
             Err(e) => Err(e),
         };
         assert_channel_error(&publish.expect_err("a publish on the closed channel"), ReplyCode::NOT_FOUND);
     }
-    conn.close().await.unwrap();
+    conn.close().within(WAIT).await.unwrap();
 }
 
 // One consumer that is not polled, with no prefetch and a backlog larger than its buffer,
@@ -460,27 +472,32 @@ async fn b6_a_channel_error_is_the_channels_state_as_soon_as_the_call_fails() {
 async fn unpolled_consumer_without_prefetch_does_not_stall_or_kill_the_connection() {
     let conn = connect_with(options().heartbeat(1)).await;
     assert_eq!(conn.tuning().heartbeat, 1);
-    let ch = conn.open_channel().await.unwrap();
-    ch.confirm_select().await.unwrap();
+    let ch = conn.open_channel().within(WAIT).await.unwrap();
+    ch.confirm_select().within(WAIT).await.unwrap();
     let backlog = exclusive_queue(&ch, "unpolled-backlog").await;
     let other = exclusive_queue(&ch, "unpolled-other").await;
     let mut confirms = Vec::new();
     for i in 0..2000u32 {
-        confirms
-            .push(ch.basic_publish("", &backlog, i.to_be_bytes().to_vec(), PublishOptions::default()).await.unwrap());
+        confirms.push(
+            ch.basic_publish("", &backlog, i.to_be_bytes().to_vec(), PublishOptions::default())
+                .within(WAIT)
+                .await
+                .unwrap(),
+        );
     }
     for c in confirms {
-        assert!(within("a confirm", c).await.unwrap().is_ack());
+        assert!(within(WAIT, "a confirm", c).await.unwrap().is_ack());
     }
-    let consuming = conn.open_channel().await.unwrap();
-    let mut consumer = consuming.basic_consume(&backlog, ConsumeOptions::default()).await.unwrap();
+    let consuming = conn.open_channel().within(WAIT).await.unwrap();
+    let mut consumer = consuming.basic_consume(&backlog, ConsumeOptions::default()).within(WAIT).await.unwrap();
 
     // The application is busy for 3 s (three heartbeat intervals) and does not poll the
     // consumer. Meanwhile another channel publishes with confirms, each within a second.
     let busy_until = Instant::now() + Duration::from_secs(3);
     let mut round = 0u32;
     while Instant::now() < busy_until {
-        let confirm = ch.basic_publish("", &other, round.to_be_bytes().to_vec(), PublishOptions::default()).await;
+        let confirm =
+            ch.basic_publish("", &other, round.to_be_bytes().to_vec(), PublishOptions::default()).within(WAIT).await;
         let verdict = tokio::time::timeout(Duration::from_secs(1), confirm.unwrap()).await;
         assert!(
             matches!(verdict, Ok(Ok(Confirmation::Ack))),
@@ -496,7 +513,77 @@ async fn unpolled_consumer_without_prefetch_does_not_stall_or_kill_the_connectio
     for i in 0..2000u32 {
         let d = next(&mut consumer).await;
         assert_eq!(&d.body[..], i.to_be_bytes());
-        d.ack().await.unwrap();
+        d.ack().within(WAIT).await.unwrap();
     }
-    conn.close().await.unwrap();
+    conn.close().within(WAIT).await.unwrap();
+}
+
+/// C4: an application whose handler takes 10 s per message, on a connection with a 2 s
+/// heartbeat, that never reads its confirms nor its connection events while another task
+/// keeps publishing: the connection stays up for the 30 s it takes (the broker would close it
+/// after two silent heartbeat intervals), and the confirms are all acks when finally read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c4_a_handler_taking_10s_per_message_keeps_a_2s_heartbeat_connection_for_30s() {
+    const HANDLED: u32 = 3;
+    const WORK: Duration = Duration::from_secs(10);
+    let name = unique("c4");
+    let conn = connect_with(options().heartbeat(2).connection_name(&name)).await;
+    assert_eq!(conn.tuning().heartbeat, 2, "the broker accepts our 2 s");
+    let _unread_events = conn.events();
+    let ch = conn.open_channel().within(WAIT).await.unwrap();
+    ch.confirm_select().within(WAIT).await.unwrap();
+    let work = exclusive_queue(&ch, "c4-work").await;
+    let side = exclusive_queue(&ch, "c4-side").await;
+    // One more than the handler gets to: it waits in the consumer's buffer all along.
+    for i in 0..=HANDLED {
+        let confirm = ch.basic_publish("", &work, i.to_be_bytes().to_vec(), PublishOptions::default());
+        assert!(within(WAIT, "a confirm", confirm.within(WAIT).await.unwrap()).await.unwrap().is_ack());
+    }
+
+    // Publishing goes on throughout; its confirms pile up unread.
+    let publishing = Arc::new(AtomicUsize::new(1));
+    let publisher = tokio::spawn({
+        let (ch, side, publishing) = (ch.clone(), side.clone(), publishing.clone());
+        async move {
+            let mut unread = Vec::new();
+            while publishing.load(Ordering::Acquire) == 1 {
+                let publish = ch.basic_publish("", &side, &b"meanwhile"[..], PublishOptions::default());
+                unread.push(publish.within(WAIT).await.expect("publishing while the handler works"));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            unread
+        }
+    });
+
+    let consuming = conn.open_channel().within(WAIT).await.unwrap();
+    let mut consumer = consuming.basic_consume(&work, ConsumeOptions::default()).within(WAIT).await.unwrap();
+    let started = Instant::now();
+    for i in 0..HANDLED {
+        let delivery = next(&mut consumer).await;
+        assert_eq!(&delivery.body[..], i.to_be_bytes());
+        // The handler's work: the application does nothing else meanwhile.
+        tokio::time::sleep(WORK).await;
+        delivery.ack().within(WAIT).await.unwrap();
+        assert!(conn.is_open(), "after {:?} of handling: {:?}", started.elapsed(), conn.close_reason());
+    }
+    let handled_for = started.elapsed();
+    assert!(handled_for >= WORK * HANDLED, "{handled_for:?}");
+
+    // The broker agrees: our connection is still there.
+    let pid = ctl({
+        let name = name.clone();
+        move || connection_pid(&name)
+    })
+    .await;
+    assert!(pid.is_some(), "the broker no longer lists our connection after {handled_for:?}");
+    publishing.store(0, Ordering::Release);
+    let unread = within(WAIT, "the publisher", publisher).await.unwrap();
+    assert!(unread.len() >= 50, "the publisher kept going: {} publishes", unread.len());
+    for confirm in unread {
+        assert_eq!(within(WAIT, "a late confirm", confirm).await.unwrap(), Confirmation::Ack);
+    }
+    let last = next(&mut consumer).await;
+    assert_eq!(&last.body[..], HANDLED.to_be_bytes(), "the buffered delivery is still there");
+    println!("C4: connection up after {handled_for:?} of 10 s handlers with a 2 s heartbeat");
+    conn.close().within(WAIT).await.unwrap();
 }

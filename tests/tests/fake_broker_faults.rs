@@ -17,25 +17,23 @@ use lepus::{
         method::{basic, connection, queue},
     },
 };
+use lepus_tests::bounded::{Bounded, stays_pending, until, within};
 use lepus_tests::fake_broker::{self, FakeBroker, Peer};
 use tokio::{sync::oneshot, task::JoinHandle};
 
-/// The catalogue asks for errors "within 100 ms". Locally they take well under 10 ms, but a
-/// loaded 2-core CI machine can hold a runnable task back longer than 100 ms, so the bound
-/// asserted is 1 s; every test prints the latency it measured.
+/// M1 and N2: the error reaches every handle within 100 ms of the input or the cut, as the
+/// catalogue states. Measured over 20 runs of the M1 and N2 tests (debug build, 2 cores, one
+/// kept busy by `sh -c 'while :; do :; done'`): the worst M1 case took 7.8 ms, the worst of
+/// N2's 188 cuts 21.4 ms, so the catalogue's bound is asserted as it is, without slack.
+const CATALOGUE_BOUND: Duration = Duration::from_millis(100);
+/// For failures the catalogue asks to be prompt without a number (M2, M7, N4): 1 s, ten times
+/// the M1 bound; each test prints the latency it measured.
 const PROMPT: Duration = Duration::from_secs(1);
 /// The longest any single client operation may take in these tests before it counts as a hang.
 const WAIT: Duration = Duration::from_secs(10);
 
 fn short(s: &str) -> ShortStr {
     ShortStr::try_from(s).unwrap()
-}
-
-async fn within<F: Future>(limit: Duration, what: &str, f: F) -> F::Output {
-    match tokio::time::timeout(limit, f).await {
-        Ok(out) => out,
-        Err(elapsed) => panic!("{what} did not finish within {limit:?} ({elapsed})"),
-    }
 }
 
 async fn connect(options: ConnectionOptions) -> Connection {
@@ -83,9 +81,9 @@ impl Outstanding {
             .await
             .unwrap();
         let calls = [ch1.clone(), ch2.clone()].map(|ch| {
-            tokio::spawn(
-                async move { ch.queue_declare("never.answered", Default::default(), Default::default()).await },
-            )
+            tokio::spawn(async move {
+                ch.queue_declare("never.answered", Default::default(), Default::default()).within(WAIT).await
+            })
         });
         Outstanding { conn, _channels: [ch1, ch2], consumers: [c1, c2], confirm, calls, last_read }
     }
@@ -175,6 +173,7 @@ async fn fatal_input(fake: FakeBroker, input: Vec<u8>) -> Fatal {
             let code = until_closed(&mut peer).await?;
             Ok((sent, code))
         })
+        .within(WAIT)
         .await
         .unwrap();
     let outstanding = Outstanding::open(fake.options()).await;
@@ -183,12 +182,17 @@ async fn fatal_input(fake: FakeBroker, input: Vec<u8>) -> Fatal {
     Fatal { errors, latency: last.saturating_duration_since(sent), close_code }
 }
 
-fn assert_all(fatal: &Fatal, case: &str, code: ReplyCode, pred: impl Fn(&Error) -> bool) {
+/// Asserts every handle failed with `code` (and `pred`), the last within `bound` of the input.
+fn assert_all(fatal: &Fatal, case: &str, bound: Duration, code: ReplyCode, pred: impl Fn(&Error) -> bool) {
     for (name, e) in &fatal.errors {
         assert!(pred(e), "{case}: {name} failed with {e:?}");
         assert_eq!(e.reply_code(), Some(code), "{case}: {name}: {e}");
     }
-    assert!(fatal.latency < PROMPT, "{case}: the last handle failed {:?} after the input", fatal.latency);
+    assert!(
+        fatal.latency < bound,
+        "{case}: the last handle failed {:?} after the input (bound {bound:?})",
+        fatal.latency
+    );
     assert_eq!(fatal.close_code, Some(code), "{case}: the client closes the connection with {code}");
     println!("{case}: every handle failed with {code} within {:?}", fatal.latency);
 }
@@ -203,7 +207,7 @@ async fn m1_bad_frame_end_fails_every_handle_with_501() {
     bad.truncate(method_len);
     bad[method_len - 1] = 0x00;
     let fatal = fatal_input(FakeBroker::new(), bad.to_vec()).await;
-    assert_all(&fatal, "bad frame end", ReplyCode::FRAME_ERROR, |e| {
+    assert_all(&fatal, "bad frame end", CATALOGUE_BOUND, ReplyCode::FRAME_ERROR, |e| {
         matches!(e, Error::Decode(DecodeError::BadFrameEnd { found: 0x00 }))
     });
 }
@@ -216,6 +220,7 @@ async fn m1_unknown_frame_type_fails_every_handle_with_501() {
         assert_all(
             &fatal,
             &format!("frame type {frame_type}"),
+            CATALOGUE_BOUND,
             ReplyCode::FRAME_ERROR,
             |e| matches!(e, Error::Decode(DecodeError::UnknownFrameType(t)) if *t == frame_type),
         );
@@ -238,7 +243,7 @@ async fn m2_oversized_frame_size_fails_from_the_header_alone() {
     ];
     for (case, header) in cases {
         let fatal = fatal_input(FakeBroker::new().tune(2047, 4096, 0), header.to_vec()).await;
-        assert_all(&fatal, case, ReplyCode::FRAME_ERROR, |e| {
+        assert_all(&fatal, case, PROMPT, ReplyCode::FRAME_ERROR, |e| {
             matches!(e, Error::Decode(DecodeError::FrameTooLarge { .. }))
         });
     }
@@ -256,6 +261,7 @@ async fn m2_oversized_frame_before_tune_fails_the_connect() {
                 until_closed(&mut peer).await?;
                 Ok(sent)
             })
+            .within(WAIT)
             .await
             .unwrap();
         let result = within(WAIT, "connect", Connection::connect_with(fake.options())).await;
@@ -325,7 +331,7 @@ async fn m7_frames_where_they_cannot_be_close_the_connection_with_the_right_code
     ];
     for (case, input, code, pred) in cases {
         let fatal = fatal_input(FakeBroker::new(), input).await;
-        assert_all(&fatal, case, code, pred);
+        assert_all(&fatal, case, PROMPT, code, pred);
     }
 }
 
@@ -342,6 +348,7 @@ async fn m8_frame_max_below_4096_fails_the_connect_with_tune() {
                 peer.send_frame(Frame::Method(0, tune.into())).await?;
                 until_closed(&mut peer).await
             })
+            .within(WAIT)
             .await
             .unwrap();
         let err = within(WAIT, "connect", Connection::connect_with(fake.options())).await.unwrap_err();
@@ -373,6 +380,7 @@ async fn m8_tune_ok_takes_the_lower_nonzero_value_and_never_0_against_a_limit() 
                 peer.serve_until_closed().await?;
                 Ok(tune_ok)
             })
+            .within(WAIT)
             .await
             .unwrap();
         let options = ours.host("127.0.0.1").port(fake.addr().port());
@@ -410,6 +418,7 @@ async fn n1_silent_peer_is_declared_dead_within_5s_and_everything_pending_fails(
             peer.expect_closed().await?;
             Ok(())
         })
+        .within(WAIT)
         .await
         .unwrap();
     let outstanding = Outstanding::open(fake.options()).await;
@@ -458,6 +467,7 @@ async fn n2_cut_or_reset_at_every_byte_of_a_delivery_fails_the_consumer_never_pa
                 Ok(())
             }
         })
+        .within(WAIT)
         .await
         .unwrap();
     let mut worst = Duration::ZERO;
@@ -490,7 +500,7 @@ async fn n2_cut_or_reset_at_every_byte_of_a_delivery_fails_the_consumer_never_pa
         let latency = failed.saturating_duration_since(cut_at);
         worst = worst.max(latency);
         assert!(is_io(&error), "{case}: {error:?}");
-        assert!(latency < PROMPT, "{case}: the consumer failed {latency:?} after the cut");
+        assert!(latency < CATALOGUE_BOUND, "{case}: the consumer failed {latency:?} after the cut");
         let after = within(WAIT, &case, consumer.next()).await;
         assert!(after.is_none(), "{case}: nothing after the error, got {after:?}");
         assert!(is_io(&within(WAIT, "closed", conn.closed()).await), "{case}");
@@ -530,6 +540,7 @@ async fn n4_silent_after_the_protocol_header_times_out_and_leaves_no_task() {
             peer.expect_closed().await?;
             Ok(())
         })
+        .within(WAIT)
         .await
         .unwrap();
     let metrics = tokio::runtime::Handle::current().metrics();
@@ -542,10 +553,7 @@ async fn n4_silent_after_the_protocol_header_times_out_and_leaves_no_task() {
     assert!(matches!(err, Err(Error::Timeout(_))), "{err:?}");
     assert!(took >= limit && took < limit + PROMPT, "timed out after {took:?}, configured {limit:?}");
     // Aborted tasks go away at their next poll: allow them a moment.
-    let settle = Instant::now();
-    while metrics.num_alive_tasks() > before && settle.elapsed() < PROMPT {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(PROMPT, "the failed connect's tasks to end", || metrics.num_alive_tasks() <= before).await;
     assert_eq!(metrics.num_alive_tasks(), before, "a task of the failed connect is still alive");
     let _ = release.send(());
     fake.finish().await;
@@ -643,24 +651,22 @@ async fn a_publish_waiting_on_a_block_fails_when_the_connection_dies() {
             peer.close_socket().await?;
             Ok(())
         })
+        .within(WAIT)
         .await
         .unwrap();
     // No blocked_publish_timeout: the wait is bounded only by the block or the connection.
     let conn = connect(fake.options()).await;
     let channel = within(WAIT, "open", conn.open_channel()).await.unwrap();
-    within(WAIT, "blocked", async {
-        while conn.blocked().is_none() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    let publish =
-        tokio::spawn(async move { channel.basic_publish("", "q", &b"x"[..], PublishOptions::default()).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!publish.is_finished(), "the publish waits while the broker blocks the connection");
+    until(WAIT, "the connection to be blocked", || conn.blocked().is_some()).await;
+    let mut publish =
+        tokio::spawn(
+            async move { channel.basic_publish("", "q", &b"x"[..], PublishOptions::default()).within(WAIT).await },
+        );
+    stays_pending(Duration::from_millis(200), "a publish while the broker blocks the connection", &mut publish).await;
     let _ = release.send(());
     let result = within(WAIT, "the waiting publish", publish).await.unwrap();
-    assert!(result.is_err(), "the publish must fail with the connection's error, got {result:?}");
+    // The fake closed the socket (FIN): the connection's I/O error, not a timeout.
+    assert!(matches!(result, Err(Error::Io(_))), "the publish must fail with the connection's error, got {result:?}");
     assert!(!conn.is_open());
     fake.finish().await;
 }
@@ -673,6 +679,21 @@ async fn a_publish_waiting_on_a_block_fails_when_the_connection_dies() {
 /// used to be stranded with its confirmation until every handle was dropped (found by N5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c3_confirms_of_publishes_racing_a_dropped_socket_all_resolve() {
+    racing_a_dropped_socket(false).await;
+}
+
+/// C3's "no leaked task" at the socket: once a round's handles are dropped, every task of
+/// the client has ended (counted with the runtime's metrics).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails until the driver ends after a write error (issue 9, defect 1): after an RST \
+            with publishes queued, the driver task never ends and keeps a worker thread busy \
+            (~45% of a core seen) long after every handle was dropped"]
+async fn c3_no_client_task_outlives_a_socket_dropped_under_publishes() {
+    racing_a_dropped_socket(true).await;
+}
+
+/// The rounds of the two tests above; `check_tasks` adds the leaked-task check.
+async fn racing_a_dropped_socket(check_tasks: bool) {
     const ROUNDS: usize = 40;
     let fake = FakeBroker::new()
         .start_each(|mut peer, i| async move {
@@ -681,8 +702,13 @@ async fn c3_confirms_of_publishes_racing_a_dropped_socket_all_resolve() {
             }
             if i % 2 == 0 { peer.close_socket().await.map(|_| ()) } else { peer.reset() }
         })
+        .within(WAIT)
         .await
         .unwrap();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    // The fake's accept loop and its connections' tasks are alive throughout; the client's
+    // must all end with each round.
+    let fake_tasks = metrics.num_alive_tasks();
     for round in 0..ROUNDS {
         let conn = connect(fake.options()).await;
         let channel = within(WAIT, "open", conn.open_channel()).await.unwrap();
@@ -693,7 +719,7 @@ async fn c3_confirms_of_publishes_racing_a_dropped_socket_all_resolve() {
                 tokio::spawn(async move {
                     let mut confirms = Vec::new();
                     while let Ok(confirm) =
-                        channel.basic_publish("", "q", &b"race"[..], PublishOptions::default()).await
+                        channel.basic_publish("", "q", &b"race"[..], PublishOptions::default()).within(WAIT).await
                     {
                         confirms.push(confirm);
                     }
@@ -704,13 +730,20 @@ async fn c3_confirms_of_publishes_racing_a_dropped_socket_all_resolve() {
         let mut accepted = 0;
         for publisher in publishers {
             for confirm in within(WAIT, "a publisher to stop", publisher).await.unwrap() {
-                let outcome = within(WAIT, &format!("round {round}: confirm {accepted}"), confirm).await;
-                assert!(outcome.is_err(), "round {round}: the fake never confirms, got {outcome:?}");
+                let outcome = within(WAIT, format!("round {round}: confirm {accepted}"), confirm).await;
+                // The fake never confirms: only the dropped socket (FIN or RST) ends a confirm.
+                assert!(matches!(outcome, Err(Error::Io(_))), "round {round}: got {outcome:?}");
                 accepted += 1;
             }
         }
         assert!(accepted >= 10, "round {round}: only {accepted} publishes were accepted");
         assert!(!conn.is_open());
+        if check_tasks {
+            drop((conn, channel));
+            // (The fake's task for this connection ends too, once the client's socket closes.)
+            let ended = || metrics.num_alive_tasks() <= fake_tasks;
+            until(WAIT, format!("round {round}: the client's tasks to end"), ended).await;
+        }
     }
     assert!(fake.errors().is_empty(), "{:?}", fake.errors());
 }

@@ -14,8 +14,9 @@ use bytes::BytesMut;
 use lepus::{
     BasicProperties, Confirmation, Connection, ConnectionOptions, ConsumeOptions, Error, PublishOptions,
     QueueDeclareOptions, QueueDeleteOptions, ShortStr,
-    codec::{encode_publish, method::basic},
+    codec::{Method, encode_publish, method::basic},
 };
+use lepus_tests::bounded::{Bounded, within};
 use lepus_tests::{
     fake_broker::options_for,
     proxy::{Direction, Proxy},
@@ -23,13 +24,6 @@ use lepus_tests::{
 
 /// The longest any single client operation may take in these tests before it counts as a hang.
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn within<F: Future>(limit: Duration, what: &str, f: F) -> F::Output {
-    match tokio::time::timeout(limit, f).await {
-        Ok(out) => out,
-        Err(elapsed) => panic!("{what} did not finish within {limit:?} ({elapsed})"),
-    }
-}
 
 async fn connect(options: ConnectionOptions) -> Connection {
     within(WAIT, "connect", Connection::connect_with(options)).await.expect("connect")
@@ -82,7 +76,7 @@ impl Rng {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn n1_half_open_link_is_declared_dead_within_5s_and_everything_pending_fails() {
-    let proxy = Proxy::to_broker().await.unwrap();
+    let proxy = Proxy::to_broker().within(WAIT).await.unwrap();
     let conn = connect(proxy.options().heartbeat(2)).await;
     assert_eq!(conn.tuning().heartbeat, 2, "the broker accepts our 2 s");
     let channel = within(WAIT, "open", conn.open_channel()).await.unwrap();
@@ -98,7 +92,7 @@ async fn n1_half_open_link_is_declared_dead_within_5s_and_everything_pending_fai
         .unwrap();
     let call = {
         let channel = channel.clone();
-        tokio::spawn(async move { channel.queue_declare("", exclusive(), Default::default()).await })
+        tokio::spawn(async move { channel.queue_declare("", exclusive(), Default::default()).within(WAIT).await })
     };
 
     let error = within(WAIT, "declared dead", conn.closed()).await;
@@ -120,7 +114,7 @@ async fn n1_half_open_link_is_declared_dead_within_5s_and_everything_pending_fai
 /// Handshake, declare, publish and get with `dir` dripped one byte per 10 ms. One direction
 /// at a time: both at once take longer than RabbitMQ's 10 s handshake timeout.
 async fn n3_round_trip(dir: Direction) {
-    let proxy = Proxy::to_broker().await.unwrap();
+    let proxy = Proxy::to_broker().within(WAIT).await.unwrap();
     proxy.drip_one_way(dir, 1, Duration::from_millis(10));
     let started = Instant::now();
     let slow = Duration::from_secs(20);
@@ -139,7 +133,7 @@ async fn n3_round_trip(dir: Direction) {
     let body = &b"one byte at a time"[..];
     let publish = PublishOptions { properties: properties.clone(), ..PublishOptions::default() };
     let confirm = within(slow, "publish", channel.basic_publish("", &queue, body, publish)).await.unwrap();
-    assert_eq!(confirm.await.unwrap(), Confirmation::NotRequested);
+    assert_eq!(confirm.within(WAIT).await.unwrap(), Confirmation::NotRequested);
     let (delivery, _) = within(slow, "get", channel.basic_get(&queue, true)).await.unwrap().expect("the message");
     assert_eq!(&delivery.body[..], body);
     assert_eq!(delivery.properties, properties);
@@ -182,7 +176,7 @@ async fn n5_link_cut_at_a_random_byte_of_10k_confirmed_publishes() {
         .await
         .unwrap();
 
-    let proxy = Proxy::to_broker().await.unwrap();
+    let proxy = Proxy::to_broker().within(WAIT).await.unwrap();
     let conn = connect(proxy.options().publish_window(1000)).await;
     let channel = within(WAIT, "open", conn.open_channel()).await.unwrap();
     within(WAIT, "confirm.select", channel.confirm_select()).await.unwrap();
@@ -314,10 +308,14 @@ impl DropPoint {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn c2_futures_dropped_at_random_await_points_leave_the_connection_working() {
-    const ROUNDS: usize = 2_000;
+async fn c2_futures_dropped_at_10k_random_await_points_leave_no_half_written_frame() {
+    const ROUNDS: usize = 10_000;
     let mut rng = Rng::seeded("c2");
-    let proxy = Proxy::to_broker().await.unwrap();
+    let proxy = Proxy::to_broker().within(WAIT).await.unwrap();
+    // Every byte both ways, read back at the end as the broker and the client read them.
+    proxy.capture(Direction::ClientToBroker);
+    proxy.capture(Direction::BrokerToClient);
+    let started = Instant::now();
     let conn = connect(proxy.options()).await;
     let channel = within(WAIT, "open", conn.open_channel()).await.unwrap();
     within(WAIT, "confirm.select", channel.confirm_select()).await.unwrap();
@@ -330,19 +328,28 @@ async fn c2_futures_dropped_at_random_await_points_leave_the_connection_working(
         let at = DropPoint::random(&mut rng);
         let body = format!("c2 {round}").into_bytes();
         let done = match rng.below(4) {
-            0 => at.race(channel.queue_declare(&queue, exclusive(), Default::default())).await.map(|r| {
+            0 => at.race(channel.queue_declare(&queue, exclusive(), Default::default())).within(WAIT).await.map(|r| {
                 r.unwrap();
             }),
             // The publish dropped; if it got through, its confirm is dropped unawaited.
-            1 => at.race(channel.basic_publish("", &queue, body, PublishOptions::default())).await.map(|r| {
-                drop(r.unwrap());
-            }),
+            1 => at.race(channel.basic_publish("", &queue, body, PublishOptions::default())).within(WAIT).await.map(
+                |r| {
+                    drop(r.unwrap());
+                },
+            ),
             // The publish and its confirm, dropped anywhere in between.
             2 => at
-                .race(async { channel.basic_publish("", &queue, body, PublishOptions::default()).await?.await })
+                .race(async {
+                    channel
+                        .basic_publish("", &queue, body, PublishOptions::default())
+                        .within(WAIT)
+                        .await?
+                        .within(WAIT)
+                        .await
+                })
                 .await
                 .map(|r| assert_eq!(r.unwrap(), Confirmation::Ack)),
-            _ => at.race(channel.basic_get(&queue, true)).await.map(|r| {
+            _ => at.race(channel.basic_get(&queue, true)).within(WAIT).await.map(|r| {
                 r.unwrap();
             }),
         };
@@ -369,6 +376,30 @@ async fn c2_futures_dropped_at_random_await_points_leave_the_connection_working(
     within(WAIT, "declare", other.queue_declare(&queue, passive, Default::default())).await.unwrap();
     assert!(conn.is_open() && channel.is_open(), "{:?}", conn.close_reason());
     within(WAIT, "close", conn.close()).await.unwrap();
+
+    // What the client wrote: whole frames, each message's frames together, nothing cut off.
+    let frame_max = conn.tuning().frame_max;
+    let sent = lepus_tests::wire_check::check_stream(&proxy.captured(Direction::ClientToBroker), true, frame_max)
+        .unwrap_or_else(|e| panic!("the client's stream: {e}"));
+    // What the broker answered: no close of any kind but the close-ok of ours.
+    let received = lepus_tests::wire_check::check_stream(&proxy.captured(Direction::BrokerToClient), false, frame_max)
+        .unwrap_or_else(|e| panic!("the broker's stream: {e}"));
+    let closes: Vec<String> = received
+        .methods
+        .iter()
+        .filter(|(_, m)| matches!(m, Method::ConnectionClose(_) | Method::ChannelClose(_)))
+        .map(|(ch, m)| format!("{} on channel {ch}: {m:?}", m.name()))
+        .collect();
+    assert!(closes.is_empty(), "the broker closed something: {closes:?}");
+    assert!(matches!(received.methods.last(), Some((0, Method::ConnectionCloseOk(_)))), "the close was answered");
+    println!(
+        "c2: {ROUNDS} rounds in {:?}; the client sent {} whole messages in {} methods, the broker {} in {}",
+        started.elapsed(),
+        sent.messages,
+        sent.methods.len(),
+        received.messages,
+        received.methods.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,7 +408,7 @@ async fn c2_dropped_consumer_then_a_call_on_its_channel_keeps_the_connection() {
     // on the channel goes right behind it. RabbitMQ answers that call before the cancel
     // (its cancel-ok comes from the queue process), which is legal for the broker: the
     // client matches cancel-ok by consumer tag, not by position.
-    let proxy = Proxy::to_broker().await.unwrap();
+    let proxy = Proxy::to_broker().within(WAIT).await.unwrap();
     let conn = connect(proxy.options()).await;
     for round in 0..10 {
         let channel = within(WAIT, "open", conn.open_channel()).await.unwrap();
@@ -398,7 +429,7 @@ async fn c1_consume_and_a_call_pipelined_on_one_channel_keep_the_connection() {
     // Two tasks use one channel at once: basic.consume, and a call right behind it.
     // RabbitMQ sends consume-ok from the queue process, after the second call's reply: the
     // client matches consume-ok by consumer tag, not by position.
-    let proxy = Proxy::to_broker().await.unwrap();
+    let proxy = Proxy::to_broker().within(WAIT).await.unwrap();
     let conn = connect(proxy.options()).await;
     for round in 0..10 {
         let channel = within(WAIT, "open", conn.open_channel()).await.unwrap();
