@@ -48,6 +48,8 @@ pub mod options;
 pub mod proto;
 mod queue_args;
 pub mod tls;
+#[cfg(feature = "trace-context")]
+pub mod trace_context;
 pub mod uri;
 
 pub use auth::{AuthMechanism, Credentials, Password};
