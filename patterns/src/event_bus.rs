@@ -40,6 +40,10 @@
 //!   every event a member has received finish its handlers and be settled, then closes the
 //!   member's channel and the bus's publishing channels. The connection is yours to close.
 //!
+//! - **Tracing** (feature `trace-context`): every event carries a W3C `traceparent` (and
+//!   `tracestate`), a child of the publisher's context (`EventBus::publish_with_trace`) or
+//!   a new trace; handlers read it with `EventMessage::trace_context`, retries keep it.
+//!
 //! Delivery is at least once: an event whose member stops before settling it (a crash, a
 //! lost connection) is delivered again, and when several handlers match one event they run
 //! in turn and a failure retries the event through all of them. Handlers should be
@@ -72,6 +76,13 @@ use crate::{
 };
 
 mod group;
+
+/// The trace context an event is published in.
+#[cfg(feature = "trace-context")]
+use lepus::trace_context::TraceContext as TraceParent;
+/// Without the `trace-context` feature no caller can pass a trace context.
+#[cfg(not(feature = "trace-context"))]
+enum TraceParent {}
 
 pub use group::{ConsumerGroup, EventMessage, GroupMember, GroupOptions};
 
@@ -481,7 +492,22 @@ impl EventBus {
     pub async fn publish<E: Event + serde::Serialize>(&self, event: &E) -> Result<Published, EventBusError> {
         let routing_key = routing_key(E::AGGREGATE, E::NAME)?;
         let body = serde_json::to_vec(event).map_err(|e| EventBusError::Encode(e.to_string()))?;
-        self.send(routing_key, JSON_CONTENT_TYPE, Bytes::from(body)).await
+        self.send(routing_key, JSON_CONTENT_TYPE, Bytes::from(body), None).await
+    }
+
+    /// [`EventBus::publish`] as part of the caller's trace: the event carries a child of
+    /// `parent` (same trace id, a parent id of its own) in its `traceparent`/`tracestate`
+    /// headers, where handlers find it ([`EventMessage::trace_context`]). Events published
+    /// without one start a new trace each.
+    #[cfg(all(feature = "json", feature = "trace-context"))]
+    pub async fn publish_with_trace<E: Event + serde::Serialize>(
+        &self,
+        event: &E,
+        parent: &TraceParent,
+    ) -> Result<Published, EventBusError> {
+        let routing_key = routing_key(E::AGGREGATE, E::NAME)?;
+        let body = serde_json::to_vec(event).map_err(|e| EventBusError::Encode(e.to_string()))?;
+        self.send(routing_key, JSON_CONTENT_TYPE, Bytes::from(body), Some(parent)).await
     }
 
     /// Publishes raw bytes as the event `{aggregate}.{event}` with `content_type` (e.g.
@@ -494,10 +520,31 @@ impl EventBus {
         body: impl Into<Bytes>,
     ) -> Result<Published, EventBusError> {
         let routing_key = routing_key(aggregate, event)?;
-        self.send(routing_key, content_type, body.into()).await
+        self.send(routing_key, content_type, body.into(), None).await
     }
 
-    async fn send(&self, routing_key: String, content_type: &str, body: Bytes) -> Result<Published, EventBusError> {
+    /// [`EventBus::publish_raw`] as part of the caller's trace, like
+    /// [`EventBus::publish_with_trace`].
+    #[cfg(feature = "trace-context")]
+    pub async fn publish_raw_with_trace(
+        &self,
+        aggregate: &str,
+        event: &str,
+        content_type: &str,
+        body: impl Into<Bytes>,
+        parent: &TraceParent,
+    ) -> Result<Published, EventBusError> {
+        let routing_key = routing_key(aggregate, event)?;
+        self.send(routing_key, content_type, body.into(), Some(parent)).await
+    }
+
+    async fn send(
+        &self,
+        routing_key: String,
+        content_type: &str,
+        body: Bytes,
+        parent: Option<&TraceParent>,
+    ) -> Result<Published, EventBusError> {
         if self.is_closed() {
             return Err(EventBusError::Closed);
         }
@@ -507,7 +554,8 @@ impl EventBus {
         };
         let message_id = new_message_id(self.inner.options.message_ids);
         let timestamp = crate::dead_letter::now_secs();
-        let properties = BasicProperties {
+        #[cfg_attr(not(feature = "trace-context"), allow(unused_mut))]
+        let mut properties = BasicProperties {
             content_type: Some(short("content type", content_type)?),
             delivery_mode: Some(PERSISTENT),
             message_id: Some(short("message id", &message_id)?),
@@ -516,6 +564,14 @@ impl EventBus {
             app_id: self.inner.options.app_id.as_deref().map(|id| short("app id", id)).transpose()?,
             ..BasicProperties::default()
         };
+        #[cfg(feature = "trace-context")]
+        {
+            // Each publish is an operation of its own: a new parent id (or a new trace).
+            let context = parent.map_or_else(|| TraceParent::new_root(false), TraceParent::child);
+            lepus::trace_context::inject(&context, &mut properties);
+        }
+        #[cfg(not(feature = "trace-context"))]
+        let _ = parent;
         let options = PublishOptions { mandatory: self.inner.options.mandatory, properties };
         let counters = &self.inner.counters;
         let outcome = self.inner.pool.publish(self.name(), &routing_key, body, options).await;

@@ -15,7 +15,7 @@ use lepus::Connection;
 
 mod common;
 use common::{Cleanup, connect, unique};
-use lepus_patterns::event_bus::{ConsumerGroup, EventBus, EventBusError, EventBusOptions, EventBusStats, EventMessage};
+use lepus_patterns::event_bus::{EventBus, EventBusError, EventBusOptions, EventBusStats, EventMessage};
 
 const TEST_LIMIT: Duration = Duration::from_secs(60);
 
@@ -29,28 +29,6 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     while !check() {
         assert!(Instant::now() < deadline, "{what}: not within 10 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// What a bus leaves on the broker, for [`Cleanup`] to delete when the test ends.
-trait BusCleanup {
-    /// A guard for the bus's exchange.
-    fn bus(name: &str) -> Self;
-    /// Adds a group's queues and dead-letter exchange.
-    fn group(&mut self, group: &ConsumerGroup);
-}
-
-impl BusCleanup for Cleanup {
-    fn bus(name: &str) -> Self {
-        Cleanup { queues: Vec::new(), exchanges: vec![name.to_owned()] }
-    }
-
-    fn group(&mut self, group: &ConsumerGroup) {
-        let topology = group.topology();
-        self.queues.extend(topology.retry_queues().into_iter().map(|(name, _)| name));
-        self.queues.push(topology.queue().to_owned());
-        self.queues.push(topology.dead_letter_queue_name().to_owned());
-        self.exchanges.push(topology.dead_letter_exchange_name().to_owned());
     }
 }
 

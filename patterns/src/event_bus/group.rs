@@ -91,6 +91,14 @@ impl EventMessage {
         std::str::from_utf8(&self.body).ok()
     }
 
+    /// The trace context the event was published in (its `traceparent`/`tracestate`
+    /// headers), if it carries a valid one. Work done on the event's behalf should carry a
+    /// [`child`](lepus::trace_context::TraceContext::child) of it.
+    #[cfg(feature = "trace-context")]
+    pub fn trace_context(&self) -> Option<lepus::trace_context::TraceContext> {
+        lepus::trace_context::extract(&self.properties)
+    }
+
     /// The body decoded from JSON; a body that does not decode is a
     /// [`HandlerFailure::permanent`] failure (retrying will not fix it), so a handler can
     /// write `let order: Order = message.json()?;`.

@@ -22,6 +22,9 @@ use tokio::{
     task::AbortHandle,
 };
 
+#[cfg(feature = "trace-context")]
+use lepus::trace_context::TraceContext;
+
 use super::{DIRECT_REPLY_TO, ERROR_HEADER, SETUP_TIMEOUT, STOP_TIMEOUT};
 
 /// Where replies come back.
@@ -139,6 +142,9 @@ pub struct RpcRequest {
     body: Bytes,
     properties: BasicProperties,
     timeout: Option<Duration>,
+    /// The caller's trace context; the request carries a child of it.
+    #[cfg(feature = "trace-context")]
+    trace_parent: Option<TraceContext>,
 }
 
 impl RpcRequest {
@@ -150,6 +156,8 @@ impl RpcRequest {
             body: body.into(),
             properties: BasicProperties::default(),
             timeout: None,
+            #[cfg(feature = "trace-context")]
+            trace_parent: None,
         }
     }
 
@@ -171,6 +179,17 @@ impl RpcRequest {
         self.timeout = Some(timeout);
         self
     }
+
+    /// Makes the call part of the caller's trace: the request carries a child of `parent`
+    /// (same trace id, a parent id of its own) in its `traceparent`/`tracestate` headers.
+    ///
+    /// Without this, a request whose properties already carry a valid `traceparent` is sent
+    /// as it is, and any other request starts a new trace.
+    #[cfg(feature = "trace-context")]
+    pub fn trace_context(mut self, parent: &TraceContext) -> Self {
+        self.trace_parent = Some(parent.clone());
+        self
+    }
 }
 
 /// A reply: its body and properties (the correlation id among them).
@@ -186,6 +205,13 @@ impl RpcReply {
     /// The handler's error message, if the reply carries the [`ERROR_HEADER`] header.
     pub fn error(&self) -> Option<String> {
         header_text(&self.properties, ERROR_HEADER)
+    }
+
+    /// The trace context the server answered in (a child of the request's), if the reply
+    /// carries one.
+    #[cfg(feature = "trace-context")]
+    pub fn trace_context(&self) -> Option<TraceContext> {
+        lepus::trace_context::extract(&self.properties)
     }
 }
 
@@ -498,7 +524,11 @@ impl ClientShared {
         let rx = table.register(&id)?;
         let _entry = PendingGuard { table, id: &id };
 
+        #[cfg(feature = "trace-context")]
+        let trace_parent = request.trace_parent.clone();
         let RpcRequest { exchange, routing_key, body, mut properties, .. } = request;
+        #[cfg(feature = "trace-context")]
+        trace_request(&mut properties, trace_parent.as_ref());
         properties.correlation_id = Some(ShortStr::try_from(id.as_str()).map_err(lepus::Error::from)?);
         properties.reply_to = Some(ShortStr::try_from(session.reply_to.as_str()).map_err(lepus::Error::from)?);
         let options = PublishOptions { mandatory: true, properties };
@@ -521,6 +551,19 @@ impl ClientShared {
             None => Ok(reply),
         }
     }
+}
+
+/// Puts the request in a trace: a child of the caller's context, the context its properties
+/// already carry, or a new trace (not sampled: this client does not record traces).
+#[cfg(feature = "trace-context")]
+fn trace_request(properties: &mut BasicProperties, parent: Option<&TraceContext>) {
+    use lepus::trace_context::{extract, inject};
+    let context = match parent {
+        Some(parent) => parent.child(),
+        None if extract(properties).is_some() => return,
+        None => TraceContext::new_root(false),
+    };
+    inject(&context, properties);
 }
 
 /// Reads replies until the consumer ends, then fails every waiting call with why.

@@ -8,7 +8,7 @@
 //!    then publishes the request with `correlation_id`, `reply_to` and `mandatory = true`
 //!    on its own channel, which is in confirm mode.
 //! 2. The broker's confirm tells the call at once whether the request reached a queue:
-//!    [`Confirmation::Returned`] (no queue bound for it) fails the call with
+//!    [`Confirmation::Returned`](lepus::Confirmation::Returned) (no queue bound for it) fails the call with
 //!    [`RpcError::Unroutable`], a nack with [`RpcError::Nacked`]. Confirms were chosen over
 //!    the channel's returns stream because the client already matches a `basic.return` to
 //!    its publish, so no second table keyed by correlation id is needed, and a nack (e.g.
@@ -33,6 +33,14 @@
 //! table never holds more than the calls in progress, and at most
 //! [`RpcClientOptions::max_in_flight`] of those. A handler error travels back in the
 //! [`ERROR_HEADER`] header and fails the call with [`RpcError::Remote`].
+//!
+//! # Traced (feature `trace-context`)
+//!
+//! Each request carries a W3C `traceparent` (and `tracestate`): a child of the caller's
+//! context (`RpcRequest::trace_context`), or a new trace. The handler finds it with
+//! `IncomingRequest::trace_context`, and the reply carries a child of it back
+//! (`RpcReply::trace_context`): one trace id from caller to server and back, a new parent
+//! id at each hop.
 //!
 //! ```no_run
 //! use lepus::Connection;

@@ -30,6 +30,17 @@ pub struct IncomingRequest {
     pub redelivered: bool,
 }
 
+#[cfg(feature = "trace-context")]
+impl IncomingRequest {
+    /// The caller's trace context from the request's `traceparent`/`tracestate` headers, if
+    /// it has a valid one. Calls the handler makes on the request's behalf should carry a
+    /// [`child`](lepus::trace_context::TraceContext::child) of it; the reply does
+    /// already, unless the handler puts a `traceparent` in the response's headers itself.
+    pub fn trace_context(&self) -> Option<lepus::trace_context::TraceContext> {
+        lepus::trace_context::extract(&self.properties)
+    }
+}
+
 /// What a handler answers: a body and properties (`correlation_id` is set by the server).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RpcResponse {
@@ -84,7 +95,7 @@ impl From<&'static [u8]> for RpcResponse {
 }
 
 /// A handler's failure: its message goes back to the caller in the [`ERROR_HEADER`]
-/// header, and the call fails with [`RpcError::Remote`].
+/// header, and the call fails with [`RpcError::Remote`](super::RpcError::Remote).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RpcHandlerError {
     message: String,
@@ -334,6 +345,8 @@ where
             }
         };
         properties.correlation_id.clone_from(&delivery.properties.correlation_id);
+        #[cfg(feature = "trace-context")]
+        trace_reply(&delivery.properties, &mut properties);
         let options = PublishOptions { mandatory: false, properties };
         let reply_to = reply_to.to_string();
         let publish = channel.basic_publish("", &reply_to, body, options);
@@ -355,5 +368,15 @@ where
     }
     if let Err(e) = delivery.ack().await {
         tracing::warn!(error = %e, "RPC request not acknowledged");
+    }
+}
+
+/// Answers in the request's trace: the reply carries a child of the request's context,
+/// unless the handler set a `traceparent` of its own.
+#[cfg(feature = "trace-context")]
+fn trace_reply(request: &BasicProperties, reply: &mut BasicProperties) {
+    use lepus::trace_context::{extract, inject};
+    if let (Some(context), None) = (extract(request), extract(reply)) {
+        inject(&context.child(), reply);
     }
 }
