@@ -39,7 +39,6 @@
 //! - **Shutdown** ([`EventBus::shutdown`], [`GroupMember::shutdown`]) stops consuming, lets
 //!   every event a member has received finish its handlers and be settled, then closes the
 //!   member's channel and the bus's publishing channels. The connection is yours to close.
-//!
 //! - **Tracing** (feature `trace-context`): every event carries a W3C `traceparent` (and
 //!   `tracestate`), a child of the publisher's context (`EventBus::publish_with_trace`) or
 //!   a new trace; handlers read it with `EventMessage::trace_context`, retries keep it.
