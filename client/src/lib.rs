@@ -58,6 +58,8 @@ mod publish;
 mod queue_args;
 mod settle;
 pub mod tls;
+#[cfg(feature = "trace-context")]
+pub mod trace_context;
 pub mod uri;
 
 pub use auth::{AuthMechanism, Credentials, Password};

@@ -12,7 +12,8 @@
 //!
 //! - **One topic exchange per bus**, named after the bus, durable. An event is published
 //!   with the routing key `{aggregate}.{event}` (`order.created`), persistent, with its
-//!   content type, a fresh message id (a random UUID), a timestamp (seconds), and the
+//!   content type, a fresh message id (a UUID, time-ordered by default: [`MessageIds`]), a
+//!   timestamp (seconds), and the
 //!   routing key as its `type` property, on confirm-mode channels ([`PublisherPool`]): a
 //!   publish resolves once the broker has the event. Typed events ([`Event`]) are JSON
 //!   (feature `json`, on by default, through serde); anything else is published as raw
@@ -38,6 +39,9 @@
 //! - **Shutdown** ([`EventBus::shutdown`], [`GroupMember::shutdown`]) stops consuming, lets
 //!   every event a member has received finish its handlers and be settled, then closes the
 //!   member's channel and the bus's publishing channels. The connection is yours to close.
+//! - **Tracing** (feature `trace-context`): every event carries a W3C `traceparent` (and
+//!   `tracestate`), a child of the publisher's context (`EventBus::publish_with_trace`) or
+//!   a new trace; handlers read it with `EventMessage::trace_context`, retries keep it.
 //!
 //! Delivery is at least once: an event whose member stops before settling it (a crash, a
 //! lost connection) is delivered again, and when several handlers match one event they run
@@ -53,7 +57,6 @@
 
 use std::{
     fmt,
-    hash::{BuildHasher, Hasher},
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
@@ -72,6 +75,13 @@ use crate::{
 };
 
 mod group;
+
+/// The trace context an event is published in.
+#[cfg(feature = "trace-context")]
+use lepus::trace_context::TraceContext as TraceParent;
+/// Without the `trace-context` feature no caller can pass a trace context.
+#[cfg(not(feature = "trace-context"))]
+enum TraceParent {}
 
 pub use group::{ConsumerGroup, EventMessage, GroupMember, GroupOptions};
 
@@ -202,6 +212,20 @@ pub struct EventBusOptions {
     pub mandatory: bool,
     /// The `app-id` property of published events (default none).
     pub app_id: Option<String>,
+    /// What kind of UUID each event's `message-id` is (default time-ordered).
+    pub message_ids: MessageIds,
+}
+
+/// The kind of UUID an [`EventBus`] gives each event as its `message-id`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MessageIds {
+    /// Version 7 (RFC 9562): a millisecond timestamp, then random bits. Ids sort in
+    /// publishing order (within one process, also within one millisecond), which keeps
+    /// database indexes on them compact and makes logs easy to follow.
+    #[default]
+    TimeOrdered,
+    /// Version 4: all random bits, for when an id must not tell when it was made.
+    Random,
 }
 
 impl Default for EventBusOptions {
@@ -211,6 +235,7 @@ impl Default for EventBusOptions {
             publish_timeout: Duration::from_secs(30),
             mandatory: false,
             app_id: None,
+            message_ids: MessageIds::default(),
         }
     }
 }
@@ -218,7 +243,7 @@ impl Default for EventBusOptions {
 /// A published event, as the broker took it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
-    /// Its `message-id` property (a random UUID).
+    /// Its `message-id` property (a UUID, see [`EventBusOptions::message_ids`]).
     pub message_id: String,
     /// Its routing key, `{aggregate}.{event}`.
     pub routing_key: String,
@@ -324,27 +349,14 @@ pub(crate) fn now_ms() -> u64 {
     u64::try_from(ms).unwrap_or(u64::MAX).max(1)
 }
 
-/// A random (version 4) UUID, from the standard library's randomly keyed hasher.
-fn new_message_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let half = || {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-        hasher.write_u64(now_ms());
-        hasher.finish()
-    };
-    let (hi, lo) = (half(), half());
-    // Version 4 in the 13th hex digit, variant 10xx in the 17th.
-    let hi = (hi & !0xF000) | 0x4000;
-    let lo = (lo & !(0xC000 << 48)) | (0x8000 << 48);
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        hi >> 32,
-        (hi >> 16) & 0xFFFF,
-        hi & 0xFFFF,
-        lo >> 48,
-        lo & 0xFFFF_FFFF_FFFF
-    )
+/// A fresh message id, as text (`xxxxxxxx-xxxx-Mxxx-Nxxx-xxxxxxxxxxxx`).
+fn new_message_id(kind: MessageIds) -> String {
+    match kind {
+        MessageIds::TimeOrdered => uuid::Uuid::now_v7(),
+        MessageIds::Random => uuid::Uuid::new_v4(),
+    }
+    .hyphenated()
+    .to_string()
 }
 
 /// A running member the bus can stop.
@@ -479,7 +491,22 @@ impl EventBus {
     pub async fn publish<E: Event + serde::Serialize>(&self, event: &E) -> Result<Published, EventBusError> {
         let routing_key = routing_key(E::AGGREGATE, E::NAME)?;
         let body = serde_json::to_vec(event).map_err(|e| EventBusError::Encode(e.to_string()))?;
-        self.send(routing_key, JSON_CONTENT_TYPE, Bytes::from(body)).await
+        self.send(routing_key, JSON_CONTENT_TYPE, Bytes::from(body), None).await
+    }
+
+    /// [`EventBus::publish`] as part of the caller's trace: the event carries a child of
+    /// `parent` (same trace id, a parent id of its own) in its `traceparent`/`tracestate`
+    /// headers, where handlers find it ([`EventMessage::trace_context`]). Events published
+    /// without one start a new trace each.
+    #[cfg(all(feature = "json", feature = "trace-context"))]
+    pub async fn publish_with_trace<E: Event + serde::Serialize>(
+        &self,
+        event: &E,
+        parent: &TraceParent,
+    ) -> Result<Published, EventBusError> {
+        let routing_key = routing_key(E::AGGREGATE, E::NAME)?;
+        let body = serde_json::to_vec(event).map_err(|e| EventBusError::Encode(e.to_string()))?;
+        self.send(routing_key, JSON_CONTENT_TYPE, Bytes::from(body), Some(parent)).await
     }
 
     /// Publishes raw bytes as the event `{aggregate}.{event}` with `content_type` (e.g.
@@ -492,10 +519,31 @@ impl EventBus {
         body: impl Into<Bytes>,
     ) -> Result<Published, EventBusError> {
         let routing_key = routing_key(aggregate, event)?;
-        self.send(routing_key, content_type, body.into()).await
+        self.send(routing_key, content_type, body.into(), None).await
     }
 
-    async fn send(&self, routing_key: String, content_type: &str, body: Bytes) -> Result<Published, EventBusError> {
+    /// [`EventBus::publish_raw`] as part of the caller's trace, like
+    /// [`EventBus::publish_with_trace`].
+    #[cfg(feature = "trace-context")]
+    pub async fn publish_raw_with_trace(
+        &self,
+        aggregate: &str,
+        event: &str,
+        content_type: &str,
+        body: impl Into<Bytes>,
+        parent: &TraceParent,
+    ) -> Result<Published, EventBusError> {
+        let routing_key = routing_key(aggregate, event)?;
+        self.send(routing_key, content_type, body.into(), Some(parent)).await
+    }
+
+    async fn send(
+        &self,
+        routing_key: String,
+        content_type: &str,
+        body: Bytes,
+        parent: Option<&TraceParent>,
+    ) -> Result<Published, EventBusError> {
         if self.is_closed() {
             return Err(EventBusError::Closed);
         }
@@ -503,9 +551,10 @@ impl EventBus {
             ShortStr::try_from(value)
                 .map_err(|_| EventBusError::Invalid(format!("the {what} {value:?} is longer than {MAX_NAME} bytes")))
         };
-        let message_id = new_message_id();
+        let message_id = new_message_id(self.inner.options.message_ids);
         let timestamp = crate::dead_letter::now_secs();
-        let properties = BasicProperties {
+        #[cfg_attr(not(feature = "trace-context"), allow(unused_mut))]
+        let mut properties = BasicProperties {
             content_type: Some(short("content type", content_type)?),
             delivery_mode: Some(PERSISTENT),
             message_id: Some(short("message id", &message_id)?),
@@ -514,6 +563,14 @@ impl EventBus {
             app_id: self.inner.options.app_id.as_deref().map(|id| short("app id", id)).transpose()?,
             ..BasicProperties::default()
         };
+        #[cfg(feature = "trace-context")]
+        {
+            // Each publish is an operation of its own: a new parent id (or a new trace).
+            let context = parent.map_or_else(|| TraceParent::new_root(false), TraceParent::child);
+            lepus::trace_context::inject(&context, &mut properties);
+        }
+        #[cfg(not(feature = "trace-context"))]
+        let _ = parent;
         let options = PublishOptions { mandatory: self.inner.options.mandatory, properties };
         let counters = &self.inner.counters;
         let outcome = self.inner.pool.publish(self.name(), &routing_key, body, options).await;
@@ -609,15 +666,59 @@ mod tests {
         assert!(routing_key("a*", "b#").is_ok(), "wildcards only as whole words");
     }
 
+    /// The version nibble and the RFC 9562 variant bits of a hyphenated UUID.
+    fn version_and_variant(id: &str) -> (char, char) {
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12], "{id}");
+        assert!(id.chars().all(|c| c == '-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{id}");
+        (parts[2].chars().next().unwrap(), parts[3].chars().next().unwrap())
+    }
+
     #[test]
-    fn message_ids_are_unique_v4_uuids() {
-        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_message_id()).collect();
+    fn message_ids_are_unique_and_time_ordered_v7_uuids() {
+        // Many in a row, so most share a millisecond: the order must hold within one too.
+        let ids: Vec<String> = (0..10_000).map(|_| new_message_id(MessageIds::TimeOrdered)).collect();
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len(), "every id is new");
+        for pair in ids.windows(2) {
+            assert!(pair[0] < pair[1], "ids sort in the order they were made: {} then {}", pair[0], pair[1]);
+        }
+        for id in &ids {
+            let (version, variant) = version_and_variant(id);
+            assert_eq!(version, '7', "{id}");
+            assert!(matches!(variant, '8' | '9' | 'a' | 'b'), "{id}");
+        }
+        // The first 48 bits are the Unix time in milliseconds: now, give or take.
+        let first = uuid::Uuid::parse_str(&ids[0]).unwrap();
+        let (secs, _) = first.get_timestamp().unwrap().to_unix();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        assert!(now.abs_diff(secs) < 60, "timestamp {secs} vs now {now}");
+    }
+
+    #[test]
+    fn ids_made_on_many_threads_are_unique_and_each_threads_are_ordered() {
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| (0..2_000).map(|_| new_message_id(MessageIds::TimeOrdered)).collect::<Vec<_>>())
+            })
+            .collect();
+        let mut all = std::collections::HashSet::new();
+        for thread in threads {
+            let ids = thread.join().unwrap();
+            assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "one thread's ids are in order");
+            all.extend(ids);
+        }
+        assert_eq!(all.len(), 8_000);
+    }
+
+    #[test]
+    fn random_ids_are_unique_v4_uuids() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_message_id(MessageIds::Random)).collect();
         assert_eq!(ids.len(), 1000);
-        for id in ids.iter().take(20) {
-            let parts: Vec<&str> = id.split('-').collect();
-            assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12], "{id}");
-            assert!(parts[2].starts_with('4'), "{id}");
-            assert!(matches!(parts[3].chars().next(), Some('8' | '9' | 'a' | 'b')), "{id}");
+        for id in &ids {
+            let (version, variant) = version_and_variant(id);
+            assert_eq!(version, '4', "{id}");
+            assert!(matches!(variant, '8' | '9' | 'a' | 'b'), "{id}");
         }
     }
 

@@ -21,3 +21,6 @@ pub mod event_bus;
 pub mod publisher_pool;
 pub mod retry;
 pub mod rpc;
+
+// How every pattern runs a user's handler: its own task, a time limit, panics caught.
+mod handler;

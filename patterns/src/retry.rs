@@ -476,16 +476,9 @@ where
     };
     let limit = context.options.handler_timeout;
     // A task of its own, so a panicking handler is a failure like any other.
-    let mut job = tokio::spawn(handler(message));
-    let outcome = match tokio::time::timeout(limit, &mut job).await {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(e)) if e.is_panic() => Err(HandlerFailure::retry("the handler panicked")),
-        Ok(Err(_)) => Err(HandlerFailure::retry("the handler was cancelled")),
-        Err(_) => {
-            job.abort();
-            Err(HandlerFailure::retry(format!("the handler did not finish within {limit:?}")))
-        }
-    };
+    let outcome = crate::handler::run(Some(limit), move || handler(message))
+        .await
+        .unwrap_or_else(|failure| Err(HandlerFailure::retry(failure.to_string())));
     let counters = &context.counters;
     let failure = match outcome {
         Ok(()) => {

@@ -3,10 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use lepus::{BasicProperties, Confirmation, FieldTable, FieldValue, PublishOptions};
+use lepus::{BasicProperties, Confirmation, FieldTable, FieldValue, PublishOptions, ReplyCode};
 
 mod common;
-use common::{Cleanup, connect, unique};
+use common::{Cleanup, Within, connect, unique};
 use lepus_patterns::headers::{HeadersExchange, XMatch, header_table};
 
 /// Subscribes each `(queue, x-match, headers)`, publishes each `(label, headers)`, and
@@ -18,29 +18,33 @@ async fn route(
     let conn = connect().await;
     let name = unique("headers");
     let mut cleanup = Cleanup { queues: vec![], exchanges: vec![name.clone()] };
-    let exchange = HeadersExchange::declare(&conn, &name).await.unwrap();
+    let exchange = HeadersExchange::declare(&conn, &name).within("declaring the exchange").await.unwrap();
     let mut subscriptions = Vec::new();
     for (queue, x_match, headers) in bindings {
         let queue_name = format!("{name}.{queue}");
         cleanup.queues.push(queue_name.clone());
-        subscriptions.push((*queue, exchange.subscribe(&queue_name, *x_match, headers.clone()).await.unwrap()));
+        let subscription =
+            exchange.subscribe(&queue_name, *x_match, headers.clone()).within("subscribing").await.unwrap();
+        subscriptions.push((*queue, subscription));
     }
     for (label, headers) in messages {
-        let verdict = exchange.publish(headers.clone(), label.as_bytes().to_vec()).await.unwrap();
+        let verdict = exchange.publish(headers.clone(), label.as_bytes().to_vec()).within("publishing").await.unwrap();
         assert_eq!(verdict, Confirmation::Ack);
     }
-    let channel = conn.open_channel().await.unwrap();
+    let channel = conn.open_channel().within("opening a channel").await.unwrap();
     let mut routed = BTreeMap::new();
     for (queue, subscription) in subscriptions {
         let mut got = BTreeSet::new();
-        while let Some((delivery, _)) = channel.basic_get(subscription.queue(), true).await.unwrap() {
+        while let Some((delivery, _)) =
+            channel.basic_get(subscription.queue(), true).within("getting a message").await.unwrap()
+        {
             let label = String::from_utf8(delivery.body.to_vec()).unwrap();
             assert!(got.insert(label.clone()), "{label} reached {queue} twice");
         }
         routed.insert(queue.to_owned(), got);
     }
-    exchange.delete().await.unwrap();
-    conn.close().await.unwrap();
+    exchange.delete().within("deleting the exchange").await.unwrap();
+    conn.close().within("closing").await.unwrap();
     routed
 }
 
@@ -116,18 +120,25 @@ async fn extra_bindings_and_unroutable_messages() {
     let name = unique("headers.bind");
     let queue = format!("{name}.q");
     let _cleanup = Cleanup { queues: vec![queue.clone()], exchanges: vec![name.clone()] };
-    let exchange = HeadersExchange::declare(&conn, &name).await.unwrap();
-    let subscription = exchange.subscribe(&queue, XMatch::All, table(&[("format", s("pdf"))])).await.unwrap();
-    exchange.bind(&queue, XMatch::Any, &table(&[("urgent", FieldValue::Bool(true))])).await.unwrap();
-    assert!(exchange.publish(table(&[("format", s("pdf"))]), &b"1"[..]).await.unwrap().is_ack());
-    assert!(exchange.publish(table(&[("urgent", FieldValue::Bool(true))]), &b"2"[..]).await.unwrap().is_ack());
-    assert!(exchange.publish(table(&[("format", s("txt"))]), &b"3"[..]).await.unwrap().is_ack());
-    assert_eq!(subscription.counts().await.unwrap().message_count, 2);
+    let exchange = HeadersExchange::declare(&conn, &name).within("declaring the exchange").await.unwrap();
+    let subscription =
+        exchange.subscribe(&queue, XMatch::All, table(&[("format", s("pdf"))])).within("subscribing").await.unwrap();
+    exchange.bind(&queue, XMatch::Any, &table(&[("urgent", FieldValue::Bool(true))])).within("binding").await.unwrap();
+    for (headers, body) in [
+        (table(&[("format", s("pdf"))]), "1"),
+        (table(&[("urgent", FieldValue::Bool(true))]), "2"),
+        (table(&[("format", s("txt"))]), "3"),
+    ] {
+        assert!(exchange.publish(headers, body.as_bytes().to_vec()).within("publishing").await.unwrap().is_ack());
+    }
+    assert_eq!(subscription.counts().within("the queue's counts").await.unwrap().message_count, 2);
     let options = PublishOptions {
         mandatory: true,
         properties: BasicProperties { headers: Some(table(&[("format", s("txt"))])), ..Default::default() },
     };
-    let verdict = exchange.publish_with(&b"4"[..], options).await.unwrap();
-    assert!(matches!(verdict, Confirmation::Returned(_)), "{verdict:?}");
-    conn.close().await.unwrap();
+    match exchange.publish_with(&b"4"[..], options).within("publishing").await.unwrap() {
+        Confirmation::Returned(returned) => assert_eq!(returned.reply_code, ReplyCode::NO_ROUTE),
+        other => panic!("expected the message back, got {other:?}"),
+    }
+    conn.close().within("closing").await.unwrap();
 }

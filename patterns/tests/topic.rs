@@ -2,19 +2,14 @@
 //! routing on edge cases and on generated patterns and keys (proptest), and the routing
 //! tables of the pika guides come out as the guides say.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    time::Duration,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
-use lepus::{Channel, Connection, QueueDeclareOptions};
+use lepus::{Channel, Confirmation, Connection, QueueDeclareOptions, ReplyCode};
 use lepus_patterns::topic::{TopicExchange, topic_matches};
 use proptest::prelude::*;
 
 mod common;
-use common::{Cleanup, connect, unique};
-
-const WAIT: Duration = Duration::from_secs(10);
+use common::{Cleanup, Within, connect, unique};
 
 /// Binds each pattern to an exclusive queue of its own on a fresh topic exchange, publishes
 /// each key once (body: its index) and returns, per pattern, the indexes of the keys the
@@ -23,17 +18,17 @@ async fn broker_routing(patterns: &[String], keys: &[String]) -> Vec<BTreeSet<us
     let conn = connect().await;
     let exchange_name = unique("topic.routing");
     let _cleanup = Cleanup { queues: vec![], exchanges: vec![exchange_name.clone()] };
-    let exchange = TopicExchange::declare(&conn, &exchange_name).await.unwrap();
-    let channel = conn.open_channel().await.unwrap();
+    let exchange = TopicExchange::declare(&conn, &exchange_name).within("declaring the exchange").await.unwrap();
+    let channel = conn.open_channel().within("opening a channel").await.unwrap();
     let mut queues = Vec::with_capacity(patterns.len());
     for pattern in patterns {
         let options = QueueDeclareOptions { exclusive: true, ..Default::default() };
-        let queue = channel.queue_declare("", options, Default::default()).await.unwrap().name;
-        channel.queue_bind(&queue, &exchange_name, pattern, Default::default()).await.unwrap();
+        let queue = channel.queue_declare("", options, Default::default()).within("declaring").await.unwrap().name;
+        channel.queue_bind(&queue, &exchange_name, pattern, Default::default()).within("binding").await.unwrap();
         queues.push(queue);
     }
     for (i, key) in keys.iter().enumerate() {
-        let verdict = exchange.publish(key, i.to_string().into_bytes()).await.unwrap();
+        let verdict = exchange.publish(key, i.to_string().into_bytes()).within("publishing").await.unwrap();
         assert!(verdict.is_ack(), "publishing {key:?}: {verdict:?}");
     }
     // Confirmed: every routed copy is in its queue.
@@ -41,15 +36,15 @@ async fn broker_routing(patterns: &[String], keys: &[String]) -> Vec<BTreeSet<us
     for queue in &queues {
         routed.push(drain(&channel, queue).await);
     }
-    exchange.delete().await.unwrap();
-    conn.close().await.unwrap();
+    exchange.delete().within("deleting the exchange").await.unwrap();
+    conn.close().within("closing").await.unwrap();
     routed
 }
 
 /// Every message in `queue`, as key indexes; a duplicate fails the test.
 async fn drain(channel: &Channel, queue: &str) -> BTreeSet<usize> {
     let mut got = BTreeSet::new();
-    while let Some((delivery, _)) = tokio::time::timeout(WAIT, channel.basic_get(queue, true)).await.unwrap().unwrap() {
+    while let Some((delivery, _)) = channel.basic_get(queue, true).within("getting a message").await.unwrap() {
         let index: usize = std::str::from_utf8(&delivery.body).unwrap().parse().unwrap();
         assert!(got.insert(index), "key #{index} routed twice to {queue}");
     }
@@ -69,6 +64,9 @@ fn compare(patterns: &[String], keys: &[String], routed: &[BTreeSet<usize>]) -> 
     disagreements
 }
 
+/// Bound for one routing comparison: 64 queues declared and bound, ~130 keys published.
+const ROUTING_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
@@ -86,7 +84,7 @@ fn edge_cases_agree_with_the_broker() {
     let keys = strings(&[
         "", ".", "..", "a", "A", "a.", ".a", "a.b", "a..b", "a.x.b", "a.x.y.b", "b.a", "a.b.c", "a*", "x.a.y", "a.a",
     ]);
-    let routed = runtime().block_on(broker_routing(&patterns, &keys));
+    let routed = runtime().block_on(broker_routing(&patterns, &keys).within_for(ROUTING_LIMIT, "routing"));
     let disagreements = compare(&patterns, &keys, &routed);
     assert!(disagreements.is_empty(), "{} disagreements:\n{}", disagreements.len(), disagreements.join("\n"));
 
@@ -152,7 +150,7 @@ proptest! {
         keys.extend(random_keys);
         keys.sort();
         keys.dedup();
-        let routed = runtime().block_on(broker_routing(&patterns, &keys));
+        let routed = runtime().block_on(broker_routing(&patterns, &keys).within_for(ROUTING_LIMIT, "routing"));
         let disagreements = compare(&patterns, &keys, &routed);
         prop_assert!(disagreements.is_empty(), "{} disagreements:\n{}", disagreements.len(), disagreements.join("\n"));
     }
@@ -171,17 +169,19 @@ async fn route_table(
     for (queue, patterns) in bindings {
         let name = format!("{}.{queue}", exchange.name());
         cleanup.queues.push(name.clone());
-        let subscription = exchange.subscribe(&name, patterns).await.unwrap();
+        let subscription = exchange.subscribe(&name, patterns).within("subscribing").await.unwrap();
         queues.push((*queue, subscription));
     }
     for key in keys {
-        assert!(exchange.publish(key, key.as_bytes().to_vec()).await.unwrap().is_ack());
+        assert!(exchange.publish(key, key.as_bytes().to_vec()).within("publishing").await.unwrap().is_ack());
     }
-    let channel = conn.open_channel().await.unwrap();
+    let channel = conn.open_channel().within("opening a channel").await.unwrap();
     let mut table = BTreeMap::new();
     for (queue, subscription) in queues {
         let mut got = BTreeSet::new();
-        while let Some((delivery, _)) = channel.basic_get(subscription.queue(), true).await.unwrap() {
+        while let Some((delivery, _)) =
+            channel.basic_get(subscription.queue(), true).within("getting a message").await.unwrap()
+        {
             let key = delivery.routing_key.to_string();
             assert_eq!(&delivery.body[..], key.as_bytes());
             assert_eq!(delivery.properties.delivery_mode, Some(2), "published persistent");
@@ -202,7 +202,7 @@ async fn the_topic_exchange_table_of_the_pika_guide() {
     let conn = connect().await;
     let name = unique("topic.guide");
     let mut cleanup = Cleanup { queues: vec![], exchanges: vec![name.clone()] };
-    let events = TopicExchange::declare(&conn, &name).await.unwrap();
+    let events = TopicExchange::declare(&conn, &name).within("declaring the exchange").await.unwrap();
     let bindings: &[(&str, &[&str])] = &[
         ("order_events", &["order.*", "order.#"]),
         ("payment_events", &["payment.*"]),
@@ -231,7 +231,7 @@ async fn the_topic_exchange_table_of_the_pika_guide() {
             assert_eq!(ours, want[*queue].contains(key), "{queue} {key}");
         }
     }
-    conn.close().await.unwrap();
+    conn.close().within("closing").await.unwrap();
 }
 
 /// 000 "Topic Routing": `order.europe.placed` reaches all three subscribers, an Asian
@@ -241,7 +241,7 @@ async fn the_topic_routing_examples_of_the_pika_guide() {
     let conn = connect().await;
     let name = unique("topic.guide2");
     let mut cleanup = Cleanup { queues: vec![], exchanges: vec![name.clone()] };
-    let events = TopicExchange::declare(&conn, &name).await.unwrap();
+    let events = TopicExchange::declare(&conn, &name).within("declaring the exchange").await.unwrap();
     let bindings: &[(&str, &[&str])] =
         &[("all-orders", &["order.#"]), ("europe-orders", &["order.europe.*"]), ("placed-orders", &["*.*.placed"])];
     let keys = ["order.europe.placed", "order.asia.cancelled"];
@@ -252,7 +252,7 @@ async fn the_topic_routing_examples_of_the_pika_guide() {
         ("placed-orders", &["order.europe.placed"]),
     ]);
     assert_eq!(table, want);
-    conn.close().await.unwrap();
+    conn.close().within("closing").await.unwrap();
 }
 
 /// Unbinding stops the routing; a mandatory event nobody matches comes back.
@@ -262,26 +262,29 @@ async fn unbind_and_unroutable_events() {
     let name = unique("topic.unbind");
     let queue = format!("{name}.q");
     let _cleanup = Cleanup { queues: vec![queue.clone()], exchanges: vec![name.clone()] };
-    let events = TopicExchange::declare(&conn, &name).await.unwrap();
-    let subscription = events.subscribe(&queue, &["a.*", "b.#"]).await.unwrap();
-    assert!(events.publish("a.x", &b"1"[..]).await.unwrap().is_ack());
-    events.unbind(&queue, "a.*").await.unwrap();
-    assert!(events.publish("a.y", &b"2"[..]).await.unwrap().is_ack());
-    events.bind(&queue, "c").await.unwrap();
-    assert!(events.publish("c", &b"3"[..]).await.unwrap().is_ack());
-    assert_eq!(subscription.counts().await.unwrap().message_count, 2, "a.x and c, not a.y");
+    let events = TopicExchange::declare(&conn, &name).within("declaring the exchange").await.unwrap();
+    let subscription = events.subscribe(&queue, &["a.*", "b.#"]).within("subscribing").await.unwrap();
+    assert!(events.publish("a.x", &b"1"[..]).within("publishing").await.unwrap().is_ack());
+    events.unbind(&queue, "a.*").within("unbinding").await.unwrap();
+    assert!(events.publish("a.y", &b"2"[..]).within("publishing").await.unwrap().is_ack());
+    events.bind(&queue, "c").within("binding").await.unwrap();
+    assert!(events.publish("c", &b"3"[..]).within("publishing").await.unwrap().is_ack());
+    let counts = subscription.counts().within("the queue's counts").await.unwrap();
+    assert_eq!(counts.message_count, 2, "a.x and c, not a.y");
     let mandatory = lepus::PublishOptions { mandatory: true, ..Default::default() };
-    let verdict = events.publish_with("nobody.listens", &b"4"[..], mandatory).await.unwrap();
-    assert!(matches!(verdict, lepus::Confirmation::Returned(_)), "{verdict:?}");
-    assert_eq!(subscription.unsubscribe().await.unwrap(), 2);
+    match events.publish_with("nobody.listens", &b"4"[..], mandatory).within("publishing").await.unwrap() {
+        Confirmation::Returned(returned) => assert_eq!(returned.reply_code, ReplyCode::NO_ROUTE),
+        other => panic!("expected the event back, got {other:?}"),
+    }
+    assert_eq!(subscription.unsubscribe().within("unsubscribing").await.unwrap(), 2);
 
     // Publishing to an exchange that is gone: the broker's 404, and the next publish after
     // it is declared again works (on a new channel).
-    events.delete().await.unwrap();
-    let err = events.publish("a.x", &b"5"[..]).await.unwrap_err();
-    assert_eq!(err.reply_code(), Some(lepus::ReplyCode::NOT_FOUND), "{err}");
-    TopicExchange::declare(&conn, &name).await.unwrap();
-    assert!(events.publish("a.x", &b"6"[..]).await.unwrap().is_ack());
+    events.delete().within("deleting the exchange").await.unwrap();
+    let err = events.publish("a.x", &b"5"[..]).within("publishing").await.unwrap_err();
+    assert_eq!(err.reply_code(), Some(ReplyCode::NOT_FOUND), "{err}");
+    TopicExchange::declare(&conn, &name).within("declaring the exchange").await.unwrap();
+    assert!(events.publish("a.x", &b"6"[..]).within("publishing").await.unwrap().is_ack());
     assert!(conn.is_open());
-    conn.close().await.unwrap();
+    conn.close().within("closing").await.unwrap();
 }

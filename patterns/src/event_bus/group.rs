@@ -91,6 +91,14 @@ impl EventMessage {
         std::str::from_utf8(&self.body).ok()
     }
 
+    /// The trace context the event was published in (its `traceparent`/`tracestate`
+    /// headers), if it carries a valid one. Work done on the event's behalf should carry a
+    /// [`child`](lepus::trace_context::TraceContext::child) of it.
+    #[cfg(feature = "trace-context")]
+    pub fn trace_context(&self) -> Option<lepus::trace_context::TraceContext> {
+        lepus::trace_context::extract(&self.properties)
+    }
+
     /// The body decoded from JSON; a body that does not decode is a
     /// [`HandlerFailure::permanent`] failure (retrying will not fix it), so a handler can
     /// write `let order: Order = message.json()?;`.
@@ -415,30 +423,16 @@ impl Dispatch {
     /// Runs the handlers in turn, in a task of their own (a panic is a failure like any
     /// other), within the timeout.
     async fn run(&self, handlers: Vec<Arc<Handler>>, message: EventMessage) -> Result<(), HandlerFailure> {
-        let limit = self.timeout;
-        let mut job = tokio::spawn(async move {
+        let run_in_turn = move || async move {
             for handler in handlers {
                 handler(message.clone()).await?;
             }
             Ok(())
-        });
+        };
         // If the member is aborted while waiting, the handlers stop with it.
-        let _abort = AbortOnDrop(job.abort_handle());
-        match tokio::time::timeout(limit, &mut job).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(e)) if e.is_panic() => Err(HandlerFailure::retry("an event handler panicked")),
-            Ok(Err(_)) => Err(HandlerFailure::retry("the event handler was cancelled")),
-            Err(_) => Err(HandlerFailure::retry(format!("the event handlers did not finish within {limit:?}"))),
-        }
-    }
-}
-
-/// Aborts a task when dropped (a finished task is not affected).
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+        crate::handler::run(Some(self.timeout), run_in_turn)
+            .await
+            .unwrap_or_else(|failure| Err(HandlerFailure::retry(failure.to_string())))
     }
 }
 

@@ -2,7 +2,6 @@
 //! handler's outcome.
 
 use std::{
-    any::Any,
     fmt,
     future::Future,
     sync::{
@@ -16,10 +15,11 @@ use bytes::Bytes;
 use lepus::{BasicProperties, Channel, Connection, ConsumeOptions, Consumer, Delivery, Error, FieldValue, ShortStr};
 use tokio::{
     sync::oneshot,
-    task::{AbortHandle, JoinHandle, JoinSet},
+    task::{JoinHandle, JoinSet},
 };
 
 use super::{IntoOutcome, Outcome};
+use crate::handler::Failure;
 
 /// How long buffered deliveries are waited for after a worker cancels its consumer.
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
@@ -353,17 +353,8 @@ where
     }
 }
 
-/// Aborts a task when dropped (the supervising future was aborted at shutdown).
-struct AbortOnDrop(AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Runs the handler in a task of its own (so a panic is caught as a `JoinError`) and
-/// settles the delivery by its outcome.
+/// Runs the handler in a task of its own (so a panic is caught, see [`crate::handler`])
+/// and settles the delivery by its outcome.
 async fn settle<F, Fut, O>(delivery: Delivery, handler: Arc<F>, on_panic: Outcome, counters: Arc<Counters>)
 where
     F: Fn(Job) -> Fut + Send + Sync + 'static,
@@ -371,19 +362,17 @@ where
     O: IntoOutcome + Send + 'static,
 {
     let job = Job::of(&delivery);
-    // Calling the handler is inside the task too: a panic before its first await is caught.
-    let task = tokio::spawn(async move { handler(job).await.into_outcome() });
-    let _abort = AbortOnDrop(task.abort_handle());
-    let outcome = match task.await {
+    // No time limit: a worker's handler may take as long as it needs (the shutdown timeout
+    // bounds it only when the worker stops).
+    let outcome = match crate::handler::run(None, move || async move { handler(job).await.into_outcome() }).await {
         Ok(outcome) => outcome,
-        Err(error) if error.is_panic() => {
+        Err(Failure::Panicked(_)) => {
             counters.panicked.fetch_add(1, Ordering::Relaxed);
-            let message = panic_message(&error.into_panic());
-            tracing::error!(delivery_tag = delivery.delivery_tag, panic = %message, outcome = ?on_panic, "handler panicked");
+            tracing::debug!(delivery_tag = delivery.delivery_tag, outcome = ?on_panic, "settling a panicked handler's message");
             on_panic
         }
         // Cancelled: the runtime is shutting down. Give it back.
-        Err(_) => Outcome::Requeue,
+        Err(Failure::Cancelled | Failure::TimedOut(_)) => Outcome::Requeue,
     };
     let sent = match outcome {
         Outcome::Ack => delivery.ack().await,
@@ -396,30 +385,5 @@ where
             counters.unsettled.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%error, ?outcome, "could not settle a message: the broker redelivers it");
         }
-    }
-}
-
-fn panic_message(payload: &Box<dyn Any + Send>) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic without a message".to_owned()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn panic_messages() {
-        let s: Box<dyn Any + Send> = Box::new("static");
-        assert_eq!(panic_message(&s), "static");
-        let s: Box<dyn Any + Send> = Box::new(String::from("owned"));
-        assert_eq!(panic_message(&s), "owned");
-        let s: Box<dyn Any + Send> = Box::new(5u8);
-        assert_eq!(panic_message(&s), "a panic without a message");
     }
 }

@@ -1,67 +1,9 @@
-//! Request/reply (RPC) over RabbitMQ: [`RpcClient`] sends requests and matches replies by
-//! correlation id, many calls at once on one channel; [`RpcServer`] answers them with a
-//! handler per queue.
-//!
-//! # How a call travels
-//!
-//! 1. The client registers the call under a fresh correlation id (`<random prefix>.<n>`),
-//!    then publishes the request with `correlation_id`, `reply_to` and `mandatory = true`
-//!    on its own channel, which is in confirm mode.
-//! 2. The broker's confirm tells the call at once whether the request reached a queue:
-//!    [`Confirmation::Returned`] (no queue bound for it) fails the call with
-//!    [`RpcError::Unroutable`], a nack with [`RpcError::Nacked`]. Confirms were chosen over
-//!    the channel's returns stream because the client already matches a `basic.return` to
-//!    its publish, so no second table keyed by correlation id is needed, and a nack (e.g.
-//!    a full request queue with `reject-publish`) is reported too.
-//! 3. The server consumes the request queue with a prefetch, runs the handler, publishes
-//!    the reply to `reply_to` through the default exchange with the request's correlation
-//!    id, and only then acknowledges the request. A connection lost in between redelivers
-//!    the request: a handler may see a request twice.
-//! 4. One task per client reads the reply queue and hands each reply to the call waiting
-//!    for its correlation id. A reply nobody waits for (its call timed out) is dropped and
-//!    counted ([`RpcClient::discarded_replies`]).
-//!
-//! Replies come by default through RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`,
-//! consumed with `no_ack` on the publishing channel before the first request, as RabbitMQ
-//! requires): no queue is created. [`ReplyQueue::Exclusive`] uses an exclusive,
-//! server-named queue instead, e.g. where replies must survive a slow client for a while.
-//!
-//! # Bounded
-//!
-//! Every call has a timeout ([`RpcClientOptions::timeout`], or per request): when it fires,
-//! or when the caller drops the call's future, the call's entry leaves the table, so the
-//! table never holds more than the calls in progress, and at most
-//! [`RpcClientOptions::max_in_flight`] of those. A handler error travels back in the
-//! [`ERROR_HEADER`] header and fails the call with [`RpcError::Remote`].
-//!
-//! ```no_run
-//! use lepus::Connection;
-//! use lepus_patterns::rpc::{RpcClient, RpcClientOptions, RpcResponse, RpcServer, ServeOptions};
-//!
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let conn = Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
-//!
-//! let mut server = RpcServer::new(&conn);
-//! server
-//!     .serve("rpc.upper", ServeOptions::default(), |request| async move {
-//!         let text = String::from_utf8_lossy(&request.body).to_uppercase();
-//!         Ok(RpcResponse::from(text))
-//!     })
-//!     .await?;
-//!
-//! let client = RpcClient::new(&conn, RpcClientOptions::default()).await?;
-//! let reply = client.call("rpc.upper", "hello").await?;
-//! assert_eq!(&reply.body[..], b"HELLO");
-//!
-//! server.shutdown().await?;
-//! conn.close().await?;
-//! # Ok(()) }
-//! ```
+//! The calling side: [`RpcClient`] publishes requests and matches replies to their calls by
+//! correlation id.
 
 use std::{
     collections::HashMap,
     fmt,
-    future::Future,
     hash::{BuildHasher, Hasher},
     sync::{
         Arc, Mutex, PoisonError,
@@ -76,22 +18,14 @@ use lepus::{
     PublishOptions, QueueDeclareOptions, ReplyCode, ShortStr,
 };
 use tokio::{
-    sync::{Semaphore, oneshot, watch},
-    task::{AbortHandle, JoinHandle, JoinSet},
+    sync::{Semaphore, oneshot},
+    task::AbortHandle,
 };
 
-/// RabbitMQ's pseudo-queue for direct reply-to.
-pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+#[cfg(feature = "trace-context")]
+use lepus::trace_context::TraceContext;
 
-/// The reply header that carries a handler's error message (a long string); a reply with
-/// it fails the call with [`RpcError::Remote`].
-pub const ERROR_HEADER: &str = "x-rpc-error";
-
-/// How long setting up a client or a server (opening a channel, declaring, consuming) may
-/// take before it fails with a timeout.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long stopping waits for the broker (cancel, close).
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+use super::{DIRECT_REPLY_TO, ERROR_HEADER, SETUP_TIMEOUT, STOP_TIMEOUT};
 
 /// Where replies come back.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -208,6 +142,9 @@ pub struct RpcRequest {
     body: Bytes,
     properties: BasicProperties,
     timeout: Option<Duration>,
+    /// The caller's trace context; the request carries a child of it.
+    #[cfg(feature = "trace-context")]
+    trace_parent: Option<TraceContext>,
 }
 
 impl RpcRequest {
@@ -219,6 +156,8 @@ impl RpcRequest {
             body: body.into(),
             properties: BasicProperties::default(),
             timeout: None,
+            #[cfg(feature = "trace-context")]
+            trace_parent: None,
         }
     }
 
@@ -240,6 +179,17 @@ impl RpcRequest {
         self.timeout = Some(timeout);
         self
     }
+
+    /// Makes the call part of the caller's trace: the request carries a child of `parent`
+    /// (same trace id, a parent id of its own) in its `traceparent`/`tracestate` headers.
+    ///
+    /// Without this, a request whose properties already carry a valid `traceparent` is sent
+    /// as it is, and any other request starts a new trace.
+    #[cfg(feature = "trace-context")]
+    pub fn trace_context(mut self, parent: &TraceContext) -> Self {
+        self.trace_parent = Some(parent.clone());
+        self
+    }
 }
 
 /// A reply: its body and properties (the correlation id among them).
@@ -255,6 +205,13 @@ impl RpcReply {
     /// The handler's error message, if the reply carries the [`ERROR_HEADER`] header.
     pub fn error(&self) -> Option<String> {
         header_text(&self.properties, ERROR_HEADER)
+    }
+
+    /// The trace context the server answered in (a child of the request's), if the reply
+    /// carries one.
+    #[cfg(feature = "trace-context")]
+    pub fn trace_context(&self) -> Option<TraceContext> {
+        lepus::trace_context::extract(&self.properties)
     }
 }
 
@@ -567,7 +524,11 @@ impl ClientShared {
         let rx = table.register(&id)?;
         let _entry = PendingGuard { table, id: &id };
 
+        #[cfg(feature = "trace-context")]
+        let trace_parent = request.trace_parent.clone();
         let RpcRequest { exchange, routing_key, body, mut properties, .. } = request;
+        #[cfg(feature = "trace-context")]
+        trace_request(&mut properties, trace_parent.as_ref());
         properties.correlation_id = Some(ShortStr::try_from(id.as_str()).map_err(lepus::Error::from)?);
         properties.reply_to = Some(ShortStr::try_from(session.reply_to.as_str()).map_err(lepus::Error::from)?);
         let options = PublishOptions { mandatory: true, properties };
@@ -592,6 +553,19 @@ impl ClientShared {
     }
 }
 
+/// Puts the request in a trace: a child of the caller's context, the context its properties
+/// already carry, or a new trace (not sampled: this client does not record traces).
+#[cfg(feature = "trace-context")]
+fn trace_request(properties: &mut BasicProperties, parent: Option<&TraceContext>) {
+    use lepus::trace_context::{extract, inject};
+    let context = match parent {
+        Some(parent) => parent.child(),
+        None if extract(properties).is_some() => return,
+        None => TraceContext::new_root(false),
+    };
+    inject(&context, properties);
+}
+
 /// Reads replies until the consumer ends, then fails every waiting call with why.
 async fn dispatch(mut consumer: Consumer, channel: Channel, table: Arc<Table>) {
     let reason = loop {
@@ -605,354 +579,4 @@ async fn dispatch(mut consumer: Consumer, channel: Channel, table: Arc<Table>) {
     };
     tracing::debug!(error = %reason, "RPC reply consumer ended");
     table.close(reason);
-}
-
-/// A request as the server's handler sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IncomingRequest {
-    /// The request's body.
-    pub body: Bytes,
-    /// Its properties (`correlation_id` and `reply_to` among them).
-    pub properties: BasicProperties,
-    /// The exchange it was published to.
-    pub exchange: String,
-    /// Its routing key.
-    pub routing_key: String,
-    /// True if the broker delivered it before (a server stopped before acknowledging it).
-    pub redelivered: bool,
-}
-
-/// What a handler answers: a body and properties (`correlation_id` is set by the server).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RpcResponse {
-    /// The reply's body.
-    pub body: Bytes,
-    /// The reply's properties (content type, headers, ...).
-    pub properties: BasicProperties,
-}
-
-impl RpcResponse {
-    /// A reply with this body and no properties.
-    pub fn new(body: impl Into<Bytes>) -> Self {
-        RpcResponse { body: body.into(), properties: BasicProperties::default() }
-    }
-
-    /// Sets the reply's properties.
-    #[must_use]
-    pub fn with_properties(mut self, properties: BasicProperties) -> Self {
-        self.properties = properties;
-        self
-    }
-}
-
-impl From<Bytes> for RpcResponse {
-    fn from(body: Bytes) -> Self {
-        RpcResponse::new(body)
-    }
-}
-
-impl From<Vec<u8>> for RpcResponse {
-    fn from(body: Vec<u8>) -> Self {
-        RpcResponse::new(body)
-    }
-}
-
-impl From<String> for RpcResponse {
-    fn from(body: String) -> Self {
-        RpcResponse::new(body)
-    }
-}
-
-impl From<&'static str> for RpcResponse {
-    fn from(body: &'static str) -> Self {
-        RpcResponse::new(body)
-    }
-}
-
-impl From<&'static [u8]> for RpcResponse {
-    fn from(body: &'static [u8]) -> Self {
-        RpcResponse::new(body)
-    }
-}
-
-/// A handler's failure: its message goes back to the caller in the [`ERROR_HEADER`]
-/// header, and the call fails with [`RpcError::Remote`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RpcHandlerError {
-    message: String,
-}
-
-impl RpcHandlerError {
-    /// A failure with this message.
-    pub fn new(message: impl Into<String>) -> Self {
-        RpcHandlerError { message: message.into() }
-    }
-
-    /// The message.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-impl From<String> for RpcHandlerError {
-    fn from(message: String) -> Self {
-        RpcHandlerError { message }
-    }
-}
-
-impl From<&str> for RpcHandlerError {
-    fn from(message: &str) -> Self {
-        RpcHandlerError { message: message.to_owned() }
-    }
-}
-
-impl fmt::Display for RpcHandlerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for RpcHandlerError {}
-
-/// How [`RpcServer::serve`] consumes its queue.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServeOptions {
-    /// Requests handled at once (the consumer's prefetch); at least 1 (default 32).
-    pub prefetch: u16,
-    /// Declare the queue before consuming it (default true); the declaration must match an
-    /// existing queue's, or the broker refuses it (406).
-    pub declare: bool,
-    /// Flags for that declaration (default: none — a transient, shared queue).
-    pub queue_options: QueueDeclareOptions,
-    /// Arguments for that declaration.
-    pub queue_arguments: FieldTable,
-    /// How long a handler may take; after that the caller gets an error reply and the
-    /// request is acknowledged (default 30 s).
-    pub handler_timeout: Duration,
-}
-
-impl Default for ServeOptions {
-    fn default() -> Self {
-        ServeOptions {
-            prefetch: 32,
-            declare: true,
-            queue_options: QueueDeclareOptions::default(),
-            queue_arguments: FieldTable::new(),
-            handler_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-struct Served {
-    queue: String,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<Result<(), lepus::Error>>,
-}
-
-/// The RPC server: one consumer, on a channel of its own, per queue it serves.
-///
-/// Each request runs its handler in a task of its own (up to the prefetch at once); the
-/// reply goes to the request's `reply_to` with its `correlation_id`, and the request is
-/// acknowledged after the reply was written. A request without `reply_to` is handled and
-/// acknowledged with no reply. A handler that fails, panics or overruns its timeout
-/// answers with the [`ERROR_HEADER`] header.
-///
-/// Dropping the server stops its consumers at once (unacknowledged requests go back to
-/// their queues); [`RpcServer::shutdown`] lets requests in progress finish first.
-pub struct RpcServer {
-    conn: Connection,
-    served: Vec<Served>,
-}
-
-impl fmt::Debug for RpcServer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RpcServer").field("queues", &self.queues().collect::<Vec<_>>()).finish_non_exhaustive()
-    }
-}
-
-impl RpcServer {
-    /// A server on `conn`, serving nothing yet.
-    pub fn new(conn: &Connection) -> Self {
-        RpcServer { conn: conn.clone(), served: Vec::new() }
-    }
-
-    /// Starts answering requests on `queue` with `handler`; returns once the consumer runs.
-    ///
-    /// ```no_run
-    /// use lepus_patterns::rpc::{RpcHandlerError, RpcResponse, RpcServer, ServeOptions};
-    ///
-    /// # async fn demo(conn: lepus::Connection) -> Result<(), lepus::Error> {
-    /// let mut server = RpcServer::new(&conn);
-    /// let options = ServeOptions { prefetch: 8, ..Default::default() };
-    /// server
-    ///     .serve("calculator.sqrt", options, |request| async move {
-    ///         let text = String::from_utf8_lossy(&request.body).into_owned();
-    ///         let x: f64 = text.trim().parse().map_err(|_| RpcHandlerError::new(format!("not a number: {text}")))?;
-    ///         if x < 0.0 {
-    ///             return Err("negative input".into());
-    ///         }
-    ///         Ok(RpcResponse::from(x.sqrt().to_string()))
-    ///     })
-    ///     .await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn serve<F, Fut>(&mut self, queue: &str, options: ServeOptions, handler: F) -> Result<(), lepus::Error>
-    where
-        F: Fn(IncomingRequest) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<RpcResponse, RpcHandlerError>> + Send + 'static,
-    {
-        let prefetch = options.prefetch.max(1);
-        let setup = async {
-            let channel = self.conn.open_channel().await?;
-            channel.basic_qos(prefetch, false).await?;
-            if options.declare {
-                channel.queue_declare(queue, options.queue_options, options.queue_arguments.clone()).await?;
-            }
-            let consume = ConsumeOptions::default();
-            let consumer = channel.basic_consume(queue, consume).await?;
-            Ok::<_, lepus::Error>((channel, consumer))
-        };
-        let (channel, consumer) = tokio::time::timeout(SETUP_TIMEOUT, setup)
-            .await
-            .map_err(|_| lepus::Error::Timeout("starting an RPC server"))??;
-        let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(serve_loop(channel, consumer, Arc::new(handler), options.handler_timeout, stop_rx));
-        tracing::debug!(queue, prefetch, "RPC server started");
-        self.served.push(Served { queue: queue.to_owned(), stop, task });
-        Ok(())
-    }
-
-    /// The queues served.
-    pub fn queues(&self) -> impl Iterator<Item = &str> {
-        self.served.iter().map(|s| s.queue.as_str())
-    }
-
-    /// Stops every consumer, lets requests in progress finish (each within its handler
-    /// timeout), then closes the channels. Returns the first error a consumer ended with
-    /// (e.g. its queue was deleted).
-    pub async fn shutdown(mut self) -> Result<(), lepus::Error> {
-        let served = std::mem::take(&mut self.served);
-        for s in &served {
-            s.stop.send_replace(true);
-        }
-        let mut first_error = None;
-        for s in served {
-            match s.task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    first_error.get_or_insert(e);
-                }
-                Err(e) => tracing::warn!(queue = %s.queue, error = %e, "RPC server task failed"),
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-}
-
-impl Drop for RpcServer {
-    fn drop(&mut self) {
-        for s in &self.served {
-            s.task.abort();
-        }
-    }
-}
-
-async fn serve_loop<F, Fut>(
-    channel: Channel,
-    mut consumer: Consumer,
-    handler: Arc<F>,
-    handler_timeout: Duration,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), lepus::Error>
-where
-    F: Fn(IncomingRequest) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<RpcResponse, RpcHandlerError>> + Send + 'static,
-{
-    let mut requests = JoinSet::new();
-    let result = loop {
-        tokio::select! {
-            // A stop request, or the server dropped without one.
-            _ = stop.changed() => break Ok(()),
-            Some(_) = requests.join_next(), if !requests.is_empty() => {}
-            next = consumer.next() => match next {
-                Some(Ok(delivery)) => {
-                    requests.spawn(answer(channel.clone(), delivery, handler.clone(), handler_timeout));
-                }
-                Some(Err(e)) => break Err(e),
-                None => break Ok(()),
-            },
-        }
-    };
-    if result.is_ok() {
-        let _ = tokio::time::timeout(STOP_TIMEOUT, consumer.cancel()).await;
-    }
-    // Requests in progress finish (each bounded by the handler timeout); the rest are
-    // aborted when the set drops, and go back to the queue with the channel.
-    let drain = async { while requests.join_next().await.is_some() {} };
-    let _ = tokio::time::timeout(handler_timeout.saturating_add(STOP_TIMEOUT), drain).await;
-    drop(requests);
-    drop(consumer);
-    let _ = tokio::time::timeout(STOP_TIMEOUT, channel.close()).await;
-    result
-}
-
-/// Runs the handler for one request, replies, acknowledges.
-async fn answer<F, Fut>(channel: Channel, delivery: Delivery, handler: Arc<F>, limit: Duration)
-where
-    F: Fn(IncomingRequest) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<RpcResponse, RpcHandlerError>> + Send + 'static,
-{
-    let request = IncomingRequest {
-        body: delivery.body.clone(),
-        properties: delivery.properties.clone(),
-        exchange: delivery.exchange.to_string(),
-        routing_key: delivery.routing_key.to_string(),
-        redelivered: delivery.redelivered,
-    };
-    // A task of its own, so a panicking handler becomes an error reply.
-    let mut job = tokio::spawn(handler(request));
-    let outcome = match tokio::time::timeout(limit, &mut job).await {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(e)) if e.is_panic() => Err(RpcHandlerError::new("the handler panicked")),
-        Ok(Err(_)) => Err(RpcHandlerError::new("the handler was cancelled")),
-        Err(_) => {
-            job.abort();
-            Err(RpcHandlerError::new(format!("the handler did not answer within {limit:?}")))
-        }
-    };
-    let reply_to = delivery.properties.reply_to.as_ref().filter(|r| !r.is_empty());
-    if let Some(reply_to) = reply_to {
-        let (body, mut properties) = match outcome {
-            Ok(response) => (response.body, response.properties),
-            Err(e) => {
-                tracing::debug!(error = %e, "RPC handler failed");
-                let mut headers = FieldTable::new();
-                // A static key, well under 255 bytes.
-                let _ = headers.insert(ERROR_HEADER, e.message);
-                (Bytes::new(), BasicProperties { headers: Some(headers), ..BasicProperties::default() })
-            }
-        };
-        properties.correlation_id.clone_from(&delivery.properties.correlation_id);
-        let options = PublishOptions { mandatory: false, properties };
-        let reply_to = reply_to.to_string();
-        let publish = channel.basic_publish("", &reply_to, body, options);
-        match tokio::time::timeout(limit, publish).await {
-            // Not in confirm mode: the confirm resolves at once to NotRequested.
-            Ok(Ok(_confirm)) => {}
-            Ok(Err(e)) => {
-                // The channel closed: the request goes back to the queue, unacknowledged.
-                tracing::warn!(error = %e, "RPC reply not sent");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!("RPC reply not sent: publishing blocked");
-                return;
-            }
-        }
-    } else {
-        tracing::debug!("RPC request without reply_to: handled, nothing to answer");
-    }
-    if let Err(e) = delivery.ack().await {
-        tracing::warn!(error = %e, "RPC request not acknowledged");
-    }
 }
