@@ -28,7 +28,9 @@ pub(crate) fn client_properties(connection_name: Option<&str>) -> FieldTable {
     let _ = props.insert("product", "lepus");
     let _ = props.insert("version", env!("CARGO_PKG_VERSION"));
     let _ = props.insert("platform", "Rust");
-    let _ = props.insert("information", "https://example.invalid/lepus");
+    // Shown by the management UI beside the product; the licence until the project has a
+    // public home to point at.
+    let _ = props.insert("information", concat!("Licensed under ", env!("CARGO_PKG_LICENSE")));
     let _ = props.insert("capabilities", FieldValue::Table(capabilities));
     if let Some(name) = connection_name {
         let _ = props.insert("connection_name", name);

@@ -12,25 +12,36 @@
 //! - Underneath, [`proto`] is the connection as a pure state machine and one task owns the
 //!   socket; the wire format is [`codec`] ([`lepus_codec`]).
 //!
-//! ```no_run
-//! use lepus::{Connection, ConsumeOptions, PublishOptions};
-//!
-//! # async fn demo() -> Result<(), lepus::Error> {
-//! let conn = Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
-//! let channel = conn.open_channel().await?;
-//! channel.queue_declare("hello", Default::default(), Default::default()).await?;
-//! channel.confirm_select().await?;
-//! let confirm = channel.basic_publish("", "hello", &b"hi"[..], PublishOptions::default()).await?;
-//! assert!(confirm.await?.is_ack());
-//! let mut consumer = channel.basic_consume("hello", ConsumeOptions::default()).await?;
-//! if let Some(delivery) = consumer.next().await {
-//!     let delivery = delivery?;
-//!     delivery.ack().await?;
-//! }
-//! conn.close().await?;
-//! # Ok(()) }
 //! ```
+//! use lepus::{Connection, ConsumeOptions, PublishOptions, QueueDeclareOptions};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), lepus::Error> {
+//! # tokio::time::timeout(std::time::Duration::from_secs(30), async {
+//! let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+//! let conn = Connection::connect(&url).await?;
+//! let channel = conn.open_channel().await?;
+//! // A server-named queue that only this connection uses.
+//! let exclusive = QueueDeclareOptions { exclusive: true, ..Default::default() };
+//! let queue = channel.queue_declare("", exclusive, Default::default()).await?.name;
+//! channel.confirm_select().await?;
+//! let confirm = channel.basic_publish("", &queue, &b"hi"[..], PublishOptions::default()).await?;
+//! assert!(confirm.await?.is_ack());
+//! let mut consumer = channel.basic_consume(&queue, ConsumeOptions::default()).await?;
+//! let delivery = consumer.next().await.expect("the consumer is open")?;
+//! assert_eq!(&delivery.body[..], b"hi");
+//! delivery.ack().await?;
+//! conn.close().await?;
+//! # Ok::<(), lepus::Error>(())
+//! # }).await.expect("the example finishes within 30 s")
+//! # }
+//! ```
+//!
+//! Runnable programs ship in the crate's `examples/`: `quickstart`, and `tls` (`amqps://`
+//! with a private CA and a client certificate).
 
+// The README's examples run as doc tests too, without becoming part of these docs.
+#![cfg_attr(doctest, doc = include_str!("../README.md"))]
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 pub use lepus_codec as codec;

@@ -26,6 +26,8 @@
 //! assert!(matches!(frame, Frame::Method(1, Method::BasicAck(basic::Ack { delivery_tag: 42, .. }))));
 //! ```
 
+// The README's examples run as doc tests too, without becoming part of these docs.
+#![cfg_attr(doctest, doc = include_str!("../README.md"))]
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod content;

@@ -4,6 +4,8 @@
 //! `lepus`'s public API: work queues, pub/sub fan-out, topic and headers routing, RPC,
 //! dead-lettering with broker-side retries, publisher pools and health checks.
 
+// The README's examples run as doc tests too, without becoming part of these docs.
+#![cfg_attr(doctest, doc = include_str!("../README.md"))]
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 // Work queues, pub/sub, topic and headers routing, queue kinds, health checks.

@@ -1,7 +1,7 @@
 //! The lepus client in one page: connect, declare a queue, publish three messages with
 //! publisher confirms, consume and acknowledge them, delete the queue, close.
 //!
-//! `cargo run -p lepus-tests --example quickstart`
+//! `cargo run -p lepus --example quickstart`
 //! (broker: `AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`)
 
 use std::time::Duration;
