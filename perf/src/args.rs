@@ -120,8 +120,9 @@ pub(crate) struct Args {
     #[arg(long = "queue-args", value_name = "KEY=VALUE", value_delimiter = ',', value_parser = queue_arg)]
     pub(crate) arguments: Vec<QueueArg>,
 
-    /// Declare a quorum queue: x-queue-type=quorum, durable, not auto-delete.
-    #[arg(long = "quorum-queue", conflicts_with = "exclusive")]
+    /// Declare a quorum queue: x-queue-type=quorum, durable, not auto-delete. Needs -u:
+    /// the broker names no quorum queue.
+    #[arg(long = "quorum-queue", conflicts_with = "exclusive", requires = "queue")]
     pub(crate) quorum_queue: bool,
 
     /// Use the queue and exchange as they are, declaring nothing (the queue must exist; it
@@ -372,11 +373,12 @@ mod tests {
 
     #[test]
     fn quorum_queue_implies_durable_and_not_auto_delete() {
-        let args = parse(&["--quorum-queue"]).expect("valid");
+        assert_eq!(parse(&["--quorum-queue"]).expect_err("needs -u").kind(), ErrorKind::MissingRequiredArgument);
+        let args = parse(&["--quorum-queue", "-u", "q"]).expect("valid");
         assert!(args.queue_durable() && !args.queue_auto_delete());
         assert_eq!(args.queue_arguments().get("x-queue-type").and_then(FieldValue::as_str), Some("quorum"));
         assert_eq!(
-            parse(&["--quorum-queue", "--exclusive"]).expect_err("conflict").kind(),
+            parse(&["--quorum-queue", "--exclusive", "-u", "q"]).expect_err("conflict").kind(),
             ErrorKind::ArgumentConflict
         );
     }

@@ -70,6 +70,11 @@ impl Consumer {
         Ok(Consumer { conn, owns_connection, channel, deliveries })
     }
 
+    /// Closes what it opened, for a run that ends before it starts.
+    pub(crate) async fn abandon(self) {
+        close(&self.conn, self.owns_connection, &self.channel).await;
+    }
+
     /// Receives until the run stops; each message is timed, acked (unless autoack) and
     /// then counted, so a message counted as received is one whose ack has been handed to
     /// the connection. An error (the channel or connection closed, the broker cancelled
@@ -104,11 +109,16 @@ impl Consumer {
         .await;
         // Unacked deliveries go back to the queue when the channel closes.
         drop(deliveries);
-        if owns_connection {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close()).await;
-        } else {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close()).await;
-        }
+        close(&conn, owns_connection, &channel).await;
         result
+    }
+}
+
+/// Closes the consumer's connection if it is its own, else only its channel (bounded).
+async fn close(conn: &Connection, owns_connection: bool, channel: &Channel) {
+    if owns_connection {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close()).await;
+    } else {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close()).await;
     }
 }

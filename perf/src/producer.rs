@@ -66,6 +66,11 @@ impl Producer {
         Ok(Producer { conn, channel, returns })
     }
 
+    /// Closes the connection, for a run that ends before it starts.
+    pub(crate) async fn abandon(self) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.conn.close()).await;
+    }
+
     /// Publishes until the plan's count or `stop_publishing`, waits for the outstanding
     /// confirms and drops `publishing` to say so, then counts late returns until
     /// `stop_all` and closes the connection. An error ends it at once: a publish or a

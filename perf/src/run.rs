@@ -73,7 +73,13 @@ pub(crate) async fn run(args: Args, interrupt: CancellationToken, printer: Print
         () = interrupt.cancelled() => return Err(Failure::Interrupted),
         reached = connect::first_reachable(&args.brokers, "setup") => reached?,
     };
-    let topology = step("declaring the queue", &interrupt, topology::declare(&admin, &args)).await?;
+    let topology = match step("declaring the queue", &interrupt, topology::declare(&admin, &args)).await {
+        Ok(topology) => topology,
+        Err(failure) => {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, admin.close()).await;
+            return Err(failure);
+        }
+    };
     let result = Run::new(&args, &broker, &admin, &topology, interrupt, printer, empty).go().await;
     // Bounded even under Ctrl-C: a second Ctrl-C exits at once anyway.
     match tokio::time::timeout(CLOSE_TIMEOUT, topology::remove(&admin, &topology)).await {
@@ -238,8 +244,22 @@ impl<'a> Run<'a> {
     /// Sets up the consumers and the producers, runs, stops and sums up.
     async fn go(self) -> Result<Summary, Failure> {
         // Consumers first, so that the first messages already find them.
-        let consumers = self.start_consumers().await?;
-        let producers = self.start_producers().await?;
+        let mut consumers = Vec::new();
+        let mut producers = Vec::new();
+        let started = match self.start_consumers(&mut consumers).await {
+            Ok(()) => self.start_producers(&mut producers).await,
+            Err(failure) => Err(failure),
+        };
+        if let Err(failure) = started {
+            // Close what was opened rather than drop it: the broker sees clean closes.
+            for (_, consumer) in consumers {
+                consumer.abandon().await;
+            }
+            for (_, producer) in producers {
+                producer.abandon().await;
+            }
+            return Err(failure);
+        }
         self.printer.header(&self.shape());
         let start = Instant::now();
         let mut tasks = JoinSet::new();
@@ -288,9 +308,9 @@ impl<'a> Run<'a> {
         Ok(Summary::new(self.shape(), self.counters.snapshot(), end, meter.finish()))
     }
 
-    async fn start_consumers(&self) -> Result<Vec<(String, Consumer)>, Failure> {
+    /// Starts every consumer into `consumers`, up to the first failure.
+    async fn start_consumers(&self, consumers: &mut Vec<(String, Consumer)>) -> Result<(), Failure> {
         let plan = ConsumerPlan { prefetch: self.args.qos, autoack: self.args.autoack };
-        let mut consumers = Vec::new();
         for i in 0..self.args.consumers {
             let name = format!("consumer {i}");
             // An exclusive queue admits only the connection that declared it.
@@ -305,13 +325,13 @@ impl<'a> Run<'a> {
                 step(&format!("{name}: consuming {:?}", self.topology.queue), &self.interrupt, starting).await?;
             consumers.push((name, consumer));
         }
-        Ok(consumers)
+        Ok(())
     }
 
-    async fn start_producers(&self) -> Result<Vec<(String, Producer)>, Failure> {
+    /// Starts every producer into `producers`, up to the first failure.
+    async fn start_producers(&self, producers: &mut Vec<(String, Producer)>) -> Result<(), Failure> {
         let window = (self.args.confirm > 0).then_some(self.args.confirm as usize);
         let plan = self.producer_plan();
-        let mut producers = Vec::new();
         for i in 0..self.args.producers {
             let name = format!("producer {i}");
             let conn =
@@ -321,7 +341,7 @@ impl<'a> Run<'a> {
                 step(&format!("{name}: opening its channel"), &self.interrupt, Producer::start(conn, &plan)).await?;
             producers.push((name, producer));
         }
-        Ok(producers)
+        Ok(())
     }
 
     fn producer_plan(&self) -> ProducerPlan {
