@@ -377,7 +377,8 @@ impl<'a> Run<'a> {
     async fn watch(&self, tasks: &mut JoinSet<Result<(), Failure>>, meter: &mut Meter, start: Instant) -> Progress {
         let mut progress = Progress { published: None, drain_until: None, target: None, drained: None, failure: None };
         let mut ticker = tokio::time::interval_at(start + TICK, TICK);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Skip keeps the ticks on whole seconds from the start, so the last one meets the deadline.
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let deadline = self.args.time.map(|secs| start + Duration::from_secs(secs));
         let mut time_up = false;
         // An instant the run never reaches, for the branches that are off.
@@ -411,12 +412,13 @@ impl<'a> Run<'a> {
                     progress.drained = (self.args.consumers > 0).then_some(false);
                     break;
                 }
+                // Before the deadline: a run of N seconds prints its N-th line.
+                _ = ticker.tick() => self.printer.interval(&meter.tick(&self.counters)),
                 () = tokio::time::sleep_until(deadline.unwrap_or(never)), if deadline.is_some() && !time_up => {
                     time_up = true;
                     self.stop_publishing.cancel();
                     self.start_drain_clock(&mut progress);
                 }
-                _ = ticker.tick() => self.printer.interval(&meter.tick(&self.counters)),
             }
             if let Some(target) = progress.target
                 && self.counters.snapshot().received >= target
