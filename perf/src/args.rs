@@ -155,6 +155,11 @@ pub(crate) struct Args {
     #[arg(long = "drain-timeout", value_name = "SECONDS", default_value_t = 10)]
     pub(crate) drain_timeout: u64,
 
+    /// Test ID: names the run's connections "lepus-perf ID producer 0", ... (as listed by
+    /// rabbitmqctl list_connections) and is repeated in the summary.
+    #[arg(short = 'd', long, value_name = "ID")]
+    pub(crate) id: Option<String>,
+
     /// Print one JSON object per line: one a second, then the summary.
     #[arg(long)]
     pub(crate) json: bool,
@@ -265,6 +270,14 @@ impl Args {
             let _ = table.insert(arg.key.as_str(), arg.value.clone());
         }
         table
+    }
+
+    /// The name of the connection with `role` (e.g. "producer 0"), with the `--id`.
+    pub(crate) fn connection_name(&self, role: &str) -> String {
+        match &self.id {
+            Some(id) => format!("lepus-perf {id} {role}"),
+            None => format!("lepus-perf {role}"),
+        }
     }
 
     /// How long the drain after publishing may take.
@@ -390,6 +403,13 @@ mod tests {
         assert_eq!(parse(&["-z", "0"]).expect_err("zero time").kind(), ErrorKind::ValueValidation);
         assert_eq!(parse(&["-u", &"q".repeat(256)]).expect_err("long name").kind(), ErrorKind::ValueValidation);
         assert_eq!(parse(&["-p"]).expect_err("needs -u").kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn the_id_names_the_connections() {
+        assert_eq!(parse(&[]).expect("valid").connection_name("producer 0"), "lepus-perf producer 0");
+        let args = parse(&["-d", "nightly"]).expect("valid");
+        assert_eq!(args.connection_name("consumer 1"), "lepus-perf nightly consumer 1");
     }
 
     #[test]

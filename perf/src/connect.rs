@@ -33,7 +33,7 @@ impl std::error::Error for Unreachable {}
 pub(crate) async fn first_reachable(brokers: &[Broker], name: &str) -> Result<(Broker, Connection), Unreachable> {
     let mut failures = Vec::new();
     for broker in brokers {
-        match connect(broker, name, None).await {
+        match connect(broker, name.to_owned(), None).await {
             Ok(conn) => return Ok((broker.clone(), conn)),
             Err(error) => failures.push((broker.to_string(), error)),
         }
@@ -41,9 +41,9 @@ pub(crate) async fn first_reachable(brokers: &[Broker], name: &str) -> Result<(B
     Err(Unreachable(failures))
 }
 
-/// Connects to `broker` as `lepus-perf <name>`, with a publish window if given.
-pub(crate) async fn connect(broker: &Broker, name: &str, publish_window: Option<usize>) -> Result<Connection, Error> {
-    let mut options = broker.options.clone().connection_name(format!("lepus-perf {name}"));
+/// Connects to `broker` with the connection name `name`, and a publish window if given.
+pub(crate) async fn connect(broker: &Broker, name: String, publish_window: Option<usize>) -> Result<Connection, Error> {
+    let mut options = broker.options.clone().connection_name(name);
     if let Some(window) = publish_window {
         options = options.publish_window(window);
     }

@@ -100,7 +100,9 @@ impl Consumer {
                     tokio::select! {
                         biased;
                         () = cx.stop_all.cancelled() => return Ok(()),
-                        acked = delivery.ack() => acked?,
+                        // An ack that loses the race with a close says only that its tag
+                        // went stale; the channel's close reason is the cause to report.
+                        acked = delivery.ack() => acked.map_err(|e| channel.close_reason().unwrap_or(e))?,
                     }
                 }
                 cx.drain.observe(cx.counters.received());

@@ -80,6 +80,8 @@ pub(crate) struct Summary {
     /// Always "summary".
     #[serde(rename = "type")]
     kind: &'static str,
+    /// The `--id`, if given.
+    pub(crate) id: Option<String>,
     /// The broker used (its URI without the password).
     pub(crate) broker: String,
     /// The queue used.
@@ -128,6 +130,8 @@ pub(crate) struct Summary {
 /// The parts of a summary the run fills in from its configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct RunShape {
+    /// The `--id`, if given.
+    pub(crate) id: Option<String>,
     /// The broker used.
     pub(crate) broker: String,
     /// The queue used.
@@ -164,6 +168,7 @@ impl Summary {
             (shape.confirm_window > 0).then(|| totals.sent.saturating_sub(totals.confirmed + totals.nacked));
         Summary {
             kind: "summary",
+            id: shape.id,
             broker: shape.broker,
             queue: shape.queue,
             producers: shape.producers,
@@ -249,8 +254,9 @@ impl Printer {
                 0 => "no confirms".to_owned(),
                 window => format!("confirm window {window}"),
             };
+            let id = shape.id.as_deref().map(|id| format!(" {id}")).unwrap_or_default();
             emit(&format!(
-                "lepus-perf: {} producer(s), {} consumer(s), {} B messages, {confirms}, queue {:?}, broker {}",
+                "lepus-perf{id}: {} producer(s), {} consumer(s), {} B messages, {confirms}, queue {:?}, broker {}",
                 shape.producers, shape.consumers, shape.size, shape.queue, shape.broker
             ));
         }
@@ -338,6 +344,7 @@ mod tests {
     #[test]
     fn a_summary_counts_what_is_unconfirmed_only_with_confirms() {
         let shape = RunShape {
+            id: None,
             broker: "amqp://x".into(),
             queue: "q \"quoted\"".into(),
             producers: 1,

@@ -69,9 +69,10 @@ pub(crate) enum Failure {
 /// Ctrl-C) stops the run and still yields the summary.
 pub(crate) async fn run(args: Args, interrupt: CancellationToken, printer: Printer) -> Result<Summary, Failure> {
     let empty = Latencies::new()?;
+    let setup_name = args.connection_name("setup");
     let (broker, admin) = tokio::select! {
         () = interrupt.cancelled() => return Err(Failure::Interrupted),
-        reached = connect::first_reachable(&args.brokers, "setup") => reached?,
+        reached = connect::first_reachable(&args.brokers, &setup_name) => reached?,
     };
     let topology = match step("declaring the queue", &interrupt, topology::declare(&admin, &args)).await {
         Ok(topology) => topology,
@@ -232,6 +233,7 @@ impl<'a> Run<'a> {
 
     fn shape(&self) -> RunShape {
         RunShape {
+            id: self.args.id.clone(),
             broker: self.broker.to_string(),
             queue: self.topology.queue.clone(),
             producers: self.args.producers,
@@ -317,7 +319,7 @@ impl<'a> Run<'a> {
             let (conn, owns_connection) = if self.args.exclusive {
                 (self.admin.clone(), false)
             } else {
-                let connecting = connect::connect(self.broker, &name, None);
+                let connecting = connect::connect(self.broker, self.args.connection_name(&name), None);
                 (step(&format!("{name}: connecting"), &self.interrupt, connecting).await?, true)
             };
             let starting = Consumer::start(conn, owns_connection, &self.topology.queue, plan);
@@ -334,9 +336,8 @@ impl<'a> Run<'a> {
         let plan = self.producer_plan();
         for i in 0..self.args.producers {
             let name = format!("producer {i}");
-            let conn =
-                step(&format!("{name}: connecting"), &self.interrupt, connect::connect(self.broker, &name, window))
-                    .await?;
+            let connecting = connect::connect(self.broker, self.args.connection_name(&name), window);
+            let conn = step(&format!("{name}: connecting"), &self.interrupt, connecting).await?;
             let producer =
                 step(&format!("{name}: opening its channel"), &self.interrupt, Producer::start(conn, &plan)).await?;
             producers.push((name, producer));

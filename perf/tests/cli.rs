@@ -196,3 +196,56 @@ async fn ctrl_c_stops_the_run_and_prints_the_summary() {
     assert!(count(&summary, "sent") > 0, "{summary}");
     assert_eq!(summary["error"], Value::Null, "{summary}");
 }
+
+/// Runs `rabbitmqctl` (on a blocking thread, bounded) and returns its standard output.
+async fn rabbitmqctl(args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
+    let shown = args.join(" ");
+    let output = timeout(
+        RUN_BOUND,
+        tokio::task::spawn_blocking(move || std::process::Command::new("rabbitmqctl").args(&args).output()),
+    )
+    .await
+    .expect("rabbitmqctl ends in time")
+    .expect("joined")
+    .expect("rabbitmqctl runs");
+    assert!(output.status.success(), "rabbitmqctl {shown}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_broker_closes_mid_run_exits_1_saying_why() {
+    let url = url();
+    let id = unique_queue("closed");
+    let mut child =
+        lepus_perf(&["--json", "-h", &url, "-d", &id, "-c", "100", "-r", "1000"]).spawn().expect("the binary starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout piped")).lines();
+    let first = timeout(RUN_BOUND, lines.next_line()).await.expect("a line within the bound").expect("read");
+    assert!(first.is_some(), "the run is under way");
+
+    // Only this run's consumer connection is closed (`--id` makes its name unique); the
+    // node and everyone else's connections are untouched.
+    let listing = rabbitmqctl(&["list_connections", "-q", "--no-table-headers", "pid", "client_properties"]).await;
+    let name = format!("\"lepus-perf {id} consumer 0\"");
+    let pid = listing
+        .lines()
+        .find(|line| line.contains(&name))
+        .and_then(|line| line.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{name} among the connections:\n{listing}"))
+        .to_owned();
+    rabbitmqctl(&["close_connection", &pid, "closed by the lepus-perf test"]).await;
+
+    let mut rest = Vec::new();
+    while let Some(line) = timeout(RUN_BOUND, lines.next_line()).await.expect("output ends in time").expect("read") {
+        rest.push(line);
+    }
+    let status = timeout(RUN_BOUND, child.wait()).await.expect("exits in time").expect("status");
+    assert_eq!(status.code(), Some(1), "a broker-closed connection fails the run");
+    let summary: Value = serde_json::from_str(rest.last().expect("a summary")).expect("JSON");
+    assert_eq!(summary["type"], "summary", "{summary}");
+    assert_eq!(summary["id"], id.as_str(), "{summary}");
+    let error = summary["error"].as_str().unwrap_or_else(|| panic!("an error in {summary}"));
+    assert!(error.starts_with("consumer 0:") && error.contains("CONNECTION_FORCED"), "{error}");
+    assert!(error.contains("closed by the lepus-perf test"), "{error}");
+    assert_eq!(summary["interrupted"], false, "{summary}");
+}
