@@ -421,11 +421,17 @@ impl<'a> Run<'a> {
                     self.start_drain_clock(&mut progress);
                 }
             }
-            if let Some(target) = progress.target
-                && self.counters.snapshot().received >= target
-            {
-                progress.drained = Some(true);
-                break;
+            if progress.target.is_some() {
+                // Computed again each time: without confirms a late return lowers it (the
+                // ticker wakes this loop at least once a second to see that).
+                let totals = self.counters.snapshot();
+                let target = self.drain_target(totals);
+                progress.target = Some(target);
+                self.drain.set_target(target);
+                if totals.received >= target {
+                    progress.drained = Some(true);
+                    break;
+                }
             }
         }
         progress
