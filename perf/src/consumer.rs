@@ -13,9 +13,6 @@ use crate::{
     stats::{Counters, Recorder},
 };
 
-/// Deliveries buffered in the client per consumer when the prefetch is unlimited or small.
-const MIN_BUFFER: usize = 1024;
-
 /// How every consumer of a run consumes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConsumerPlan {
@@ -60,12 +57,7 @@ impl Consumer {
         if plan.prefetch > 0 && !plan.autoack {
             channel.basic_qos(plan.prefetch, false).await?;
         }
-        let options = ConsumeOptions {
-            no_ack: plan.autoack,
-            // At least the prefetch, so that acking never waits for buffer room.
-            buffer: usize::from(plan.prefetch).max(MIN_BUFFER),
-            ..ConsumeOptions::default()
-        };
+        let options = ConsumeOptions { no_ack: plan.autoack, ..ConsumeOptions::default() };
         let deliveries = channel.basic_consume(queue, options).await?;
         Ok(Consumer { conn, owns_connection, channel, deliveries })
     }

@@ -685,9 +685,6 @@ async fn c3_confirms_of_publishes_racing_a_dropped_socket_all_resolve() {
 /// C3's "no leaked task" at the socket: once a round's handles are dropped, every task of
 /// the client has ended (counted with the runtime's metrics).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails until the driver ends after a write error (issue 9, defect 1): after an RST \
-            with publishes queued, the driver task never ends and keeps a worker thread busy \
-            (~45% of a core seen) long after every handle was dropped"]
 async fn c3_no_client_task_outlives_a_socket_dropped_under_publishes() {
     racing_a_dropped_socket(true).await;
 }

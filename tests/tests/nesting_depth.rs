@@ -119,8 +119,6 @@ fn m5_2000_levels_through_rabbitmq_are_a_depth_limit_error_on_a_256k_stack() {
 }
 
 #[test]
-#[ignore = "fails until a too-deep message is rejected to its queue instead of failing the \
-            connection: today the header's decode error closes the whole connection with 502"]
 fn m5_2000_levels_through_rabbitmq_go_back_to_the_queue_and_the_connection_stays() {
     on_small_stacks(async {
         let ThroughBroker { conn, mut consumer, queue, other } = deep_message_through_rabbitmq().await;
@@ -199,8 +197,6 @@ fn m5_21800_levels_from_a_fake_broker_are_a_depth_limit_error_on_a_256k_stack() 
 }
 
 #[test]
-#[ignore = "fails until a too-deep message is rejected to its queue instead of failing the \
-            connection: today the client closes the connection with 502 and sends no reject"]
 fn m5_21800_levels_from_a_fake_broker_are_rejected_to_the_queue_and_the_connection_stays() {
     on_small_stacks(async {
         let (fake, conn, mut consumer, other) = deep_delivery_from_a_fake().await;
