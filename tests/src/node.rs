@@ -110,6 +110,8 @@ pub struct TestNode {
     /// The node's OS process id, read from its pid file.
     pid: Option<u32>,
     stopped: bool,
+    /// How it was started, for [`TestNode::restart`].
+    config: TestNodeConfig,
 }
 
 impl TestNode {
@@ -137,6 +139,7 @@ impl TestNode {
             tls_port: config.tls.as_ref().map(|t| t.port),
             pid: None,
             stopped: false,
+            config: config.clone(),
         };
         node.write_files(config)?;
         node.launch(config)?;
@@ -275,6 +278,51 @@ impl TestNode {
     /// The node's OS process id, once known.
     pub fn pid(&self) -> Option<u32> {
         self.pid
+    }
+
+    /// Kills the node's Erlang VM with `SIGKILL` (a crash: nothing is flushed, no client is
+    /// told) and waits up to 10 s for the process to be gone. Its data stays for
+    /// [`TestNode::restart`]. Returns the process id killed.
+    pub fn kill(&mut self) -> io::Result<u32> {
+        if self.pid.is_none() {
+            self.pid = std::fs::read_to_string(&self.pid_file).ok().and_then(|s| s.trim().parse().ok());
+        }
+        let pid = self.pid.ok_or_else(|| io::Error::other(format!("no pid known for node {}", self.nodename)))?;
+        run(Command::new("kill").arg("-KILL").arg(pid.to_string()))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while process_alive(pid) {
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "node {} (pid {pid}) still alive 10 s after SIGKILL",
+                    self.nodename
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(pid)
+    }
+
+    /// Starts the node again on the same ports and data directory (after [`TestNode::kill`],
+    /// or a stop), and waits until it is ready as [`TestNode::start`] does. Returns how long
+    /// that took.
+    pub fn restart(&mut self) -> io::Result<Duration> {
+        let started = Instant::now();
+        if let Some(pid) = self.pid
+            && process_alive(pid)
+        {
+            return Err(io::Error::other(format!("node {} (pid {pid}) is still running", self.nodename)));
+        }
+        // The old pid file names a dead process: waiting would take that as a failed start.
+        match std::fs::remove_file(&self.pid_file) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        self.pid = None;
+        self.stopped = false;
+        let config = self.config.clone();
+        self.launch(&config)?;
+        self.wait_until_ready(&config)?;
+        Ok(started.elapsed())
     }
 
     /// Runs `rabbitmqctl -n NODE ARGS...`; its standard output, or an error with what it
