@@ -181,7 +181,8 @@ impl Connection {
 
     /// True while the connection is down and being recovered.
     pub fn is_recovering(&self) -> bool {
-        self.shared.is_down()
+        // Down stays set when recovery gives up; the connection is then closed, not recovering.
+        self.shared.is_down() && self.shared.check_open().is_ok()
     }
 
     /// How many times the connection was lost and recovered.
