@@ -580,7 +580,7 @@ async fn b3_kill_and_restart(ctx: &Ctx) {
     let returned = Instant::now();
     println!("    restarted in {restart:.2?}");
     let (_, at, _) = log.wait(mark, Duration::from_secs(15), "Recovered", is_recovered).await;
-    println!("    Recovered {:.2?} after the restart returned", at.saturating_duration_since(returned));
+    println!("    Recovered {} the restart returned", relative(at, returned));
     let after = publisher.published();
     until(WAIT, "B3: 100 publishes after the recovery", || publisher.published() >= after + 100).await;
     let outcomes = publisher.finish("B3").await;
