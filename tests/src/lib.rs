@@ -10,6 +10,7 @@ pub mod nested;
 pub mod node;
 pub mod proxy;
 pub mod raw;
+pub mod recovery_load;
 pub mod util;
 pub mod wire_check;
 

@@ -11,21 +11,22 @@
 //! `LEPUS_STEPS=b2,b3` runs only the steps whose names contain one of the parts (a part
 //! that matches no step fails the test); `LEPUS_KEEP_NODE_DIR=1` keeps the node's directory.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
 use lepus::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionEvent, ConnectionOptions, ConsumeOptions, Consumer,
-    Credentials, Delivery, Error, PublishOptions, QueueDeclareOptions, QueueDeleteOptions, RecoveryOptions, ReplyCode,
+    Channel, Confirmation, Connection, ConnectionEvent, ConnectionOptions, ConsumeOptions, Consumer, Credentials,
+    Delivery, Error, PublishOptions, QueueDeclareOptions, QueueDeleteOptions, RecoveryOptions, ReplyCode,
 };
 use lepus_tests::bounded::{Bounded, until};
 use lepus_tests::node::{DEFAULT_START_TIMEOUT, TestNode, TestNodeConfig, free_ports, stop_orphans};
+use lepus_tests::recovery_load::{Collector, EventLog, Outcome, Publisher, acked, body, persistent};
 
 /// The node's name prefix (see `TestNodeConfig::name`).
 const NODE_NAME: &str = "lepus_recovery_node";
@@ -118,66 +119,6 @@ impl Ctx {
     }
 }
 
-/// Every connection event, with when it came, collected by a task of its own so that a
-/// step can look back (an event may come before the step starts waiting for it).
-#[derive(Clone)]
-struct EventLog(Arc<Mutex<Vec<(Instant, ConnectionEvent)>>>);
-
-impl EventLog {
-    fn watch(conn: &Connection) -> EventLog {
-        let log = EventLog(Arc::default());
-        let mut events = conn.events();
-        let sink = log.clone();
-        tokio::spawn(async move {
-            loop {
-                match events.recv().await {
-                    Ok(event) => sink.0.lock().unwrap().push((Instant::now(), event)),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        eprintln!("    (event log lagged by {n})");
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
-        log
-    }
-
-    /// How many events so far: a mark to search from.
-    fn mark(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-
-    /// The first event at or after `from` for which `matches` holds, waiting up to `limit`.
-    async fn wait(
-        &self,
-        from: usize,
-        limit: Duration,
-        what: &str,
-        matches: impl Fn(&ConnectionEvent) -> bool,
-    ) -> (usize, Instant, ConnectionEvent) {
-        let find = || {
-            let log = self.0.lock().unwrap();
-            log.iter().enumerate().skip(from).find(|(_, (_, e))| matches(e)).map(|(i, (at, e))| (i, *at, e.clone()))
-        };
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(found) = find() {
-                return found;
-            }
-            assert!(Instant::now() <= deadline, "no {what} event within {limit:?}; events: {:#?}", self.summary());
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    fn summary(&self) -> Vec<String> {
-        self.0.lock().unwrap().iter().map(|(_, e)| format!("{e:?}")).collect()
-    }
-
-    fn count(&self, from: usize, matches: impl Fn(&ConnectionEvent) -> bool) -> usize {
-        self.0.lock().unwrap().iter().skip(from).filter(|(_, e)| matches(e)).count()
-    }
-}
-
 fn is_disconnected(e: &ConnectionEvent) -> bool {
     matches!(e, ConnectionEvent::Disconnected { .. })
 }
@@ -202,14 +143,6 @@ async fn declare_durable(ch: &Channel, queue: &str) {
     ch.queue_purge(queue).within(WAIT).await.unwrap();
 }
 
-/// A persistent message whose body is its id.
-fn persistent() -> PublishOptions {
-    PublishOptions {
-        properties: BasicProperties { delivery_mode: Some(2), ..Default::default() },
-        ..Default::default()
-    }
-}
-
 async fn publish_confirmed(ch: &Channel, queue: &str, body: &str, mandatory: bool) -> Confirmation {
     let options = PublishOptions { mandatory, ..persistent() };
     let confirm = ch
@@ -231,156 +164,6 @@ async fn next_delivery(consumer: &mut Consumer, limit: Duration, what: &str) -> 
 /// `at` relative to `reference`: "1.2s after" or "0.3s before".
 fn relative(at: Instant, reference: Instant) -> String {
     if at >= reference { format!("{:.2?} after", at - reference) } else { format!("{:.2?} before", reference - at) }
-}
-
-fn body(d: &Delivery) -> String {
-    String::from_utf8_lossy(&d.body).into_owned()
-}
-
-/// How each publish of a [`Publisher`] ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Outcome {
-    Acked,
-    /// `Error::ConnectionLost`: the outcome is unknown.
-    Lost,
-    Other(String),
-}
-
-/// A task publishing persistent, confirmed messages `0, 1, 2, ...` to a queue until
-/// stopped; each confirm is awaited by a task of its own (bounded), and its outcome
-/// recorded once per id.
-struct Publisher {
-    stop: Arc<AtomicBool>,
-    published: Arc<AtomicUsize>,
-    outcomes: Arc<Mutex<BTreeMap<usize, Vec<Outcome>>>>,
-    task: tokio::task::JoinHandle<Vec<tokio::task::JoinHandle<()>>>,
-}
-
-impl Publisher {
-    fn start(ch: Channel, queue: &'static str, pace: Duration) -> Publisher {
-        let stop = Arc::new(AtomicBool::new(false));
-        let published = Arc::new(AtomicUsize::new(0));
-        let outcomes: Arc<Mutex<BTreeMap<usize, Vec<Outcome>>>> = Arc::default();
-        let (stop2, published2, outcomes2) = (stop.clone(), published.clone(), outcomes.clone());
-        let task = tokio::spawn(async move {
-            let mut waiters = Vec::new();
-            let mut id = 0;
-            while !stop2.load(Ordering::Acquire) {
-                let confirm = ch
-                    .basic_publish("", queue, id.to_string().into_bytes(), persistent())
-                    .within(Duration::from_secs(30))
-                    .await
-                    .unwrap_or_else(|e| panic!("publish {id}: {e}"));
-                published2.store(id + 1, Ordering::Release);
-                let outcomes = outcomes2.clone();
-                waiters.push(tokio::spawn(async move {
-                    let outcome = match tokio::time::timeout(Duration::from_secs(30), confirm).await {
-                        Ok(Ok(Confirmation::Ack)) => Outcome::Acked,
-                        Ok(Err(Error::ConnectionLost(_))) => Outcome::Lost,
-                        Ok(other) => Outcome::Other(format!("{other:?}")),
-                        Err(_) => Outcome::Other("hung for 30 s".to_owned()),
-                    };
-                    outcomes.lock().unwrap().entry(id).or_default().push(outcome);
-                }));
-                id += 1;
-                if pace.is_zero() {
-                    tokio::task::yield_now().await;
-                } else {
-                    tokio::time::sleep(pace).await;
-                }
-            }
-            waiters
-        });
-        Publisher { stop, published, outcomes, task }
-    }
-
-    fn published(&self) -> usize {
-        self.published.load(Ordering::Acquire)
-    }
-
-    /// Stops publishing, waits for every confirm, and returns each id's outcome, checking
-    /// that every publish has exactly one.
-    async fn finish(self, what: &str) -> BTreeMap<usize, Outcome> {
-        self.stop.store(true, Ordering::Release);
-        let waiters = self.task.within(Duration::from_secs(35)).await.unwrap_or_else(|e| panic!("{what}: {e}"));
-        for waiter in waiters {
-            waiter.within(Duration::from_secs(35)).await.unwrap();
-        }
-        let outcomes = self.outcomes.lock().unwrap().clone();
-        let published = self.published.load(Ordering::Acquire);
-        assert_eq!(outcomes.len(), published, "{what}: every publish's confirm resolved");
-        outcomes
-            .into_iter()
-            .map(|(id, mut o)| {
-                assert_eq!(o.len(), 1, "{what}: publish {id} resolved {} times: {o:?}", o.len());
-                let outcome = o.remove(0);
-                assert!(!matches!(outcome, Outcome::Other(_)), "{what}: publish {id}: {outcome:?}");
-                (id, outcome)
-            })
-            .collect()
-    }
-}
-
-fn acked(outcomes: &BTreeMap<usize, Outcome>) -> BTreeSet<usize> {
-    outcomes.iter().filter(|(_, o)| **o == Outcome::Acked).map(|(id, _)| *id).collect()
-}
-
-/// A task consuming ids from a consumer, acking each; stale acks (deliveries of a lost
-/// connection) and stream errors are counted.
-struct Collector {
-    seen: Arc<Mutex<BTreeSet<usize>>>,
-    stale: Arc<AtomicUsize>,
-    errors: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Consumer>,
-}
-
-impl Collector {
-    fn start(mut consumer: Consumer) -> Collector {
-        let seen: Arc<Mutex<BTreeSet<usize>>> = Arc::default();
-        let stale = Arc::new(AtomicUsize::new(0));
-        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (seen2, stale2, errors2, stop2) = (seen.clone(), stale.clone(), errors.clone(), stop.clone());
-        let task = tokio::spawn(async move {
-            while !stop2.load(Ordering::Acquire) {
-                match tokio::time::timeout(Duration::from_millis(200), consumer.next()).await {
-                    Err(_) => {}
-                    Ok(Some(Ok(d))) => {
-                        if let Ok(id) = body(&d).parse() {
-                            seen2.lock().unwrap().insert(id);
-                        }
-                        match d.ack().within(Duration::from_secs(30)).await {
-                            Ok(()) => {}
-                            Err(Error::StaleDeliveryTag(_)) => {
-                                stale2.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => errors2.lock().unwrap().push(format!("ack: {e}")),
-                        }
-                    }
-                    Ok(Some(Err(e))) => errors2.lock().unwrap().push(format!("stream: {e}")),
-                    Ok(None) => {
-                        errors2.lock().unwrap().push("stream ended".to_owned());
-                        break;
-                    }
-                }
-            }
-            consumer
-        });
-        Collector { seen, stale, errors, stop, task }
-    }
-
-    fn seen(&self) -> BTreeSet<usize> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    async fn finish(self) -> (BTreeSet<usize>, usize, Vec<String>, Consumer) {
-        self.stop.store(true, Ordering::Release);
-        let consumer = self.task.within(WAIT).await.unwrap();
-        let errors = self.errors.lock().unwrap().clone();
-        let seen = self.seen.lock().unwrap().clone();
-        (seen, self.stale.load(Ordering::Relaxed), errors, consumer)
-    }
 }
 
 // ---------------------------------------------------------------------------------------
