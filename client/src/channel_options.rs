@@ -115,14 +115,20 @@ impl ConsumeOptions {
     /// A consumer of a stream that starts at `offset` (`x-stream-offset`), with manual
     /// acknowledgements.
     ///
-    /// RabbitMQ requires both of a stream consumer over AMQP 0-9-1, and refuses the consume
-    /// with 406 `PRECONDITION_FAILED`, closing the channel, without them:
+    /// RabbitMQ requires both of a stream consumer over AMQP 0-9-1:
     /// - a prefetch: call [`Channel::basic_qos`](crate::Channel::basic_qos) with a non-zero
-    ///   count (per consumer, `global == false`) on the channel *before* consuming;
-    /// - acknowledgements: `no_ack` stays `false`. Acking does not remove anything from a
+    ///   count (per consumer, `global == false`) on the channel *before* consuming. Without
+    ///   one the consume fails with 406 `PRECONDITION_FAILED` ("consumer prefetch count is
+    ///   not set"), closing the channel;
+    /// - acknowledgements: `no_ack` stays `false` (with `true` the broker closes the whole
+    ///   *connection* with 540 `NOT_IMPLEMENTED`). Acking does not remove anything from a
     ///   stream (every consumer reads the whole log); it is the credit that lets the broker
-    ///   send the next messages once `prefetch` are unacknowledged. Nack and reject are
-    ///   refused by streams (540 `NOT_IMPLEMENTED`), and so is `basic.get`.
+    ///   send more once `prefetch` deliveries are unacknowledged.
+    ///
+    /// Streams also refuse `basic.nack`, `basic.reject` and `basic.get` with 540, closing the
+    /// connection: a stream consumer only acks. Each of these errors keeps the broker's
+    /// reply code and text ([`Error::ConnectionClosed`](crate::Error::ConnectionClosed) or
+    /// [`Error::ChannelClosed`](crate::Error::ChannelClosed)).
     ///
     /// ```no_run
     /// use lepus::{ConsumeOptions, StreamOffset};

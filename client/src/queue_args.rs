@@ -99,10 +99,11 @@ impl DeadLetterStrategy {
 /// dead-letter exchange, which RabbitMQ would accept and quietly not honour (when a policy
 /// supplies those, use `FieldTable::from`).
 ///
-/// Each queue type accepts its own arguments: quorum queues and streams refuse the others
-/// with 406 (e.g. `x-max-priority` on a quorum queue), and a broker too old for an argument
-/// refuses it the same way (3.10 refuses [`QueueArguments::stream_filter_size_bytes`]),
-/// naming the argument in the reply text.
+/// Each queue type accepts its own arguments: RabbitMQ refuses one it knows but the queue
+/// type does not support with 406, naming it in the reply text (e.g. `x-delivery-limit` or
+/// `x-dead-letter-strategy` on a classic queue, `x-max-age` on a quorum queue). Arguments a
+/// broker has never heard of are ignored instead (3.10 ignores
+/// [`QueueArguments::stream_filter_size_bytes`], new in 3.13).
 ///
 /// ```
 /// use std::time::Duration;
@@ -278,8 +279,9 @@ impl QueueArguments {
 
     /// `x-stream-filter-size-bytes` (streams, RabbitMQ 3.13+): the size of each chunk's
     /// Bloom filter for [`stream filtering`](crate::ConsumeOptions::stream_filter), 16 to
-    /// 255 (RabbitMQ's default is 16); `build` refuses other sizes. Brokers before 3.13
-    /// refuse the declare with 406 `PRECONDITION_FAILED` naming the argument.
+    /// 255 (RabbitMQ's default is 16); `build` refuses smaller sizes. Brokers before 3.13
+    /// do not know the argument and ignore it, like any `x-` argument they have never
+    /// heard of.
     pub fn stream_filter_size_bytes(self, bytes: u8) -> Self {
         let problem = (bytes < 16).then_some("x-stream-filter-size-bytes below 16");
         self.set_checked("x-stream-filter-size-bytes", FieldValue::I64(i64::from(bytes)), problem)
