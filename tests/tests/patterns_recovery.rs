@@ -1,7 +1,8 @@
 //! The patterns keep working across a broker restart (B2 for the patterns): a `WorkQueue`
 //! worker, an `RpcServer` with its `RpcClient`, and an `EventBus` consumer group (whose
 //! members are `RetryConsumer`s) all carry on after `rabbitmqctl stop_app; start_app`,
-//! with no handle rebuilt by the application, and the bus counts the reconnection.
+//! with no handle rebuilt by the application, and the bus counts the reconnection. An RPC
+//! call in progress at the loss fails at once with `ConnectionLost` (its reply cannot come).
 //!
 //! Runs on a node of its own (own ports, own data directory): stopping the shared broker
 //! would break every other test.
@@ -14,10 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lepus::{Connection, ConnectionEvent, ConnectionOptions, RecoveryOptions};
+use lepus::{Connection, ConnectionEvent, ConnectionOptions, FieldTable, QueueDeclareOptions, RecoveryOptions};
 use lepus_patterns::{
     event_bus::{EventBus, EventBusOptions, EventMessage},
-    rpc::{RpcClient, RpcClientOptions, RpcResponse, RpcServer, ServeOptions},
+    rpc::{RpcClient, RpcClientOptions, RpcError, RpcRequest, RpcResponse, RpcServer, ServeOptions},
     work_queue::{Job, WorkQueue, WorkerOptions},
 };
 use lepus_tests::bounded::{Bounded, until, within};
@@ -110,8 +111,23 @@ async fn work_queue_rpc_and_event_bus_survive_a_broker_restart() {
     until(WAIT, "20 tasks handled", || handled.load(Ordering::Relaxed) >= 20).await;
     until(WAIT, "1 event received", || received.load(Ordering::Relaxed) >= 1).await;
 
+    // A call in progress at the loss: its request waits in a queue nobody serves, so only
+    // the loss can end it before its 60 s timeout.
+    let ch = conn.open_channel().within(WAIT).await.unwrap();
+    ch.queue_declare("restart.unserved", QueueDeclareOptions::default(), FieldTable::new()).within(WAIT).await.unwrap();
+    let waiting = tokio::spawn({
+        let rpc = rpc.clone();
+        async move {
+            let request = RpcRequest::new("restart.unserved", "lost").timeout(Duration::from_secs(60));
+            rpc.call_with(request).await
+        }
+    });
+    until(WAIT, "the unserved call in progress", || rpc.pending() == 1).await;
+
     ctl(&node, &["stop_app"]);
     event(&mut events, "Disconnected", |e| matches!(e, ConnectionEvent::Disconnected { .. })).await;
+    let lost = within(Duration::from_secs(2), "the call in progress at the loss", waiting).await.unwrap();
+    assert!(matches!(lost, Err(RpcError::Client(lepus::Error::ConnectionLost(_)))), "{lost:?}");
     tokio::time::sleep(DOWN_FOR).await;
     ctl(&node, &["start_app"]);
     let started = Instant::now();
