@@ -65,6 +65,7 @@ mod delivery_queue;
 mod driver;
 mod error;
 mod events;
+pub mod metrics;
 pub mod options;
 pub mod proto;
 mod publish;

@@ -118,7 +118,7 @@ async fn work_queue_rpc_and_event_bus_survive_a_broker_restart() {
     let waiting = tokio::spawn({
         let rpc = rpc.clone();
         async move {
-            let request = RpcRequest::new("restart.unserved", "lost").timeout(Duration::from_secs(60));
+            let request = RpcRequest::new("restart.unserved", "lost").timeout(Duration::from_mins(1));
             rpc.call_with(request).await
         }
     });

@@ -42,6 +42,9 @@ impl Driver {
                     }
                 }
                 result => {
+                    if let (Some(metrics), Ok(confirmation)) = (self.shared.metrics(), &result) {
+                        crate::metrics::confirmation(metrics, confirmation);
+                    }
                     let _ = token.tx.send(result);
                 }
             },
