@@ -7,16 +7,16 @@
 use std::{
     collections::HashMap,
     sync::{
-        Mutex, PoisonError,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use lepus_codec::{FieldTable, ReplyCode, ShortStr};
 use tokio::sync::{Notify, Semaphore, broadcast, watch};
 
-use crate::{CloseReason, ConnectionEvent, Error, proto::Tuning};
+use crate::{CloseReason, ConnectionEvent, Error, metrics::Metrics, proto::Tuning};
 
 /// Connection events kept for slow readers of [`crate::Connection::events`].
 const EVENT_CAPACITY: usize = 64;
@@ -78,10 +78,18 @@ pub(crate) struct ConnShared {
     has_renames: AtomicBool,
     /// Completed recoveries.
     recoveries: AtomicU64,
+    /// The connection's name (the `connection_name` option), for tracing spans.
+    name: Option<String>,
+    /// Where events are counted, if anywhere.
+    metrics: Option<Arc<dyn Metrics>>,
+    /// Whether a handshake completed: only then does the close count as a connection closed.
+    opened: AtomicBool,
+    /// Since when the broker blocks the connection, to report how long it did.
+    blocked_since: Mutex<Option<Instant>>,
 }
 
 impl ConnShared {
-    pub(crate) fn new(limits: HandleLimits) -> Self {
+    pub(crate) fn new(limits: HandleLimits, name: Option<String>, metrics: Option<Arc<dyn Metrics>>) -> Self {
         ConnShared {
             info: Mutex::new(None),
             frame_max: AtomicU32::new(0),
@@ -103,6 +111,10 @@ impl ConnShared {
             renames: Mutex::new(HashMap::new()),
             has_renames: AtomicBool::new(false),
             recoveries: AtomicU64::new(0),
+            name,
+            metrics,
+            opened: AtomicBool::new(false),
+            blocked_since: Mutex::new(None),
         }
     }
 
@@ -111,6 +123,11 @@ impl ConnShared {
     pub(crate) fn connected(&self, tuning: Tuning, server_properties: FieldTable) {
         self.frame_max.store(tuning.frame_max, Ordering::Release);
         *self.info.lock().unwrap_or_else(PoisonError::into_inner) = Some((tuning, server_properties));
+        if !self.opened.swap(true, Ordering::AcqRel)
+            && let Some(metrics) = self.metrics()
+        {
+            metrics.connection_opened();
+        }
     }
 
     pub(crate) fn set_blocked(&self, reason: Option<String>) {
@@ -118,6 +135,11 @@ impl ConnShared {
             Some(r) => ConnectionEvent::Blocked(r.clone()),
             None => ConnectionEvent::Unblocked,
         };
+        if reason.is_some() {
+            self.blocked_since.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert_with(Instant::now);
+        } else {
+            self.block_ended();
+        }
         self.blocked.send_replace(reason);
         // Nobody listening is fine: events never wait for readers.
         let _ = self.events.send(event);
@@ -131,7 +153,13 @@ impl ConnShared {
         self.closed.send_replace(Some(error.clone()));
         // A closed connection blocks nobody: publishers waiting for the block to lift wake
         // up and find the connection closed.
+        self.block_ended();
         self.blocked.send_replace(None);
+        if self.opened.load(Ordering::Acquire)
+            && let Some(metrics) = self.metrics()
+        {
+            metrics.connection_closed();
+        }
         // Publishers waiting for budget fail now rather than when the socket is released.
         self.publish_budget.close();
         let _ = self.events.send(ConnectionEvent::Closed(error.clone()));
@@ -147,12 +175,24 @@ impl ConnShared {
         let down = cause.is_some();
         if down {
             // A new connection starts unblocked; waiters must see the recovery instead.
+            self.block_ended();
             self.blocked.send_replace(None);
         } else {
             self.recoveries.fetch_add(1, Ordering::Relaxed);
+            if let Some(metrics) = self.metrics() {
+                metrics.recovered();
+            }
         }
         self.is_down.store(down, Ordering::Release);
         self.down.send_replace(cause);
+    }
+
+    /// A block by the broker is over (lifted, or the connection is gone): report its length.
+    fn block_ended(&self) {
+        let since = self.blocked_since.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let (Some(since), Some(metrics)) = (since, self.metrics()) {
+            metrics.blocked(since.elapsed());
+        }
     }
 
     /// Recovery renamed server-named queues: publishes naming them follow.
@@ -177,6 +217,18 @@ impl ConnShared {
     }
 
     // ---- read by everyone --------------------------------------------------------------
+
+    /// Where events are counted: `None` unless the application set a hook, so that a
+    /// counting site costs one branch without one.
+    #[inline]
+    pub(crate) fn metrics(&self) -> Option<&dyn Metrics> {
+        self.metrics.as_deref()
+    }
+
+    /// The connection's name, for tracing spans (a missing one records no field).
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
 
     pub(crate) fn tuning(&self) -> Tuning {
         self.info.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|(t, _)| *t).unwrap_or_default()

@@ -5,6 +5,7 @@ use std::{sync::Arc, time::Duration};
 use bytes::Bytes;
 use lepus_codec::{FieldTable, FieldValue, ReplyCode, ShortStr};
 use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{Instrument, field};
 
 use crate::{
     Channel, ConnectionEvent, ConnectionOptions, Error,
@@ -58,7 +59,10 @@ impl Connection {
     /// handshake is bounded by the options' connection timeout.
     pub async fn connect_with(options: ConnectionOptions) -> Result<Connection, Error> {
         let timeout = options.get_connection_timeout();
-        match tokio::time::timeout(timeout, Self::establish(options)).await {
+        // `address` is recorded once a socket is connected.
+        let span =
+            tracing::info_span!("lepus.connect", connection = options.get_connection_name(), address = field::Empty);
+        match tokio::time::timeout(timeout, Self::establish(options)).instrument(span).await {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout("connecting (TCP, TLS and the AMQP handshake)")),
         }
@@ -87,19 +91,24 @@ impl Connection {
         let Some((opened, address)) = opened else {
             return Err(last.unwrap_or(Error::Timeout("connecting: no address to try")));
         };
+        tracing::Span::current().record("address", field::display(&address));
         let proto = connect::state_machine(&options).await?;
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let recovery = options.get_recovery();
-        let shared = Arc::new(ConnShared::new(HandleLimits {
-            publish_window: options.get_publish_window().max(1),
-            blocked_timeout: options.get_blocked_publish_timeout(),
-            call_timeout: options.get_call_timeout(),
-            fail_fast_while_down: recovery.get_while_disconnected() == WhileDisconnected::FailFast,
-            recovery_wait: recovery.wait_timeout,
-            republish: recovery.is_enabled() && recovery.republish_unconfirmed,
-            publish_budget: PUBLISH_BUDGET,
-            max_unread: options.get_max_unread_bytes(),
-        }));
+        let shared = Arc::new(ConnShared::new(
+            HandleLimits {
+                publish_window: options.get_publish_window().max(1),
+                blocked_timeout: options.get_blocked_publish_timeout(),
+                call_timeout: options.get_call_timeout(),
+                fail_fast_while_down: recovery.get_while_disconnected() == WhileDisconnected::FailFast,
+                recovery_wait: recovery.wait_timeout,
+                republish: recovery.is_enabled() && recovery.republish_unconfirmed,
+                publish_budget: PUBLISH_BUDGET,
+                max_unread: options.get_max_unread_bytes(),
+            },
+            options.get_connection_name().map(str::to_owned),
+            options.get_metrics().cloned(),
+        ));
         let (connected_tx, connected_rx) = oneshot::channel();
         tracing::debug!(%address, "connected the socket; starting the handshake");
         let setup = driver::Setup {
@@ -136,7 +145,9 @@ impl Connection {
 
     /// Opens a channel. Its calls get this handle's deadline.
     pub async fn open_channel(&self) -> Result<Channel, Error> {
-        within(self.timeout, "opening a channel", async {
+        // `channel` is recorded once the connection has given the channel its number.
+        let span = tracing::info_span!("lepus.channel.open", connection = self.shared.name(), channel = field::Empty);
+        let opening = async {
             self.shared.wait_up().await?;
             self.shared.check_open()?;
             let shared = ChannelShared::new(self.shared.clone());
@@ -144,10 +155,13 @@ impl Connection {
             self.commands.send(Command::OpenChannel { channel: shared.clone(), reply: tx })?;
             // From here the channel closes if this call is abandoned: the handle owns it.
             let channel = Channel::new(shared.clone(), self.commands.clone(), self.timeout);
-            rx.await.map_err(|_| shared.close_reason_or_closed())??;
+            let opened = rx.await.map_err(|_| shared.close_reason_or_closed());
+            tracing::Span::current().record("channel", shared.key().id);
+            opened??;
+            shared.count_opened();
             Ok(channel)
-        })
-        .await
+        };
+        within(self.timeout, "opening a channel", opening.instrument(span)).await
     }
 
     /// Closes the connection normally and waits for the broker's `close-ok`.
@@ -170,7 +184,8 @@ impl Connection {
         // The command waits its turn behind everything sent before it, unless the socket is
         // backed up: then this makes the driver close at once.
         self.shared.request_close(code, text);
-        within(self.timeout, "closing the connection", async { rx.await.unwrap_or(Ok(())) }).await
+        let span = call_span(&self.shared, 0, "connection.close");
+        within(self.timeout, "closing the connection", async { rx.await.unwrap_or(Ok(())) }.instrument(span)).await
     }
 
     /// True until the connection closes for good (also while it is recovering: see
@@ -238,14 +253,21 @@ impl Connection {
     /// Replaces the connection's secret, e.g. a refreshed OAuth token.
     pub async fn update_secret(&self, secret: impl Into<Bytes>, reason: &str) -> Result<(), Error> {
         let secret = secret.into();
-        within(self.timeout, "updating the secret", async {
+        let span = call_span(&self.shared, 0, "connection.update-secret");
+        let updating = async {
             self.shared.wait_up().await?;
             let (tx, rx) = oneshot::channel();
             self.commands.send(Command::UpdateSecret { secret, reason: reason.to_owned(), reply: tx })?;
             rx.await.map_err(|_| self.shared.closed_error())?.map(|_| ())
-        })
-        .await
+        };
+        within(self.timeout, "updating the secret", updating.instrument(span)).await
     }
+}
+
+/// The span of one synchronous call: the connection's name, the channel number (0 for the
+/// connection itself) and the method's name (`queue.declare`).
+pub(crate) fn call_span(conn: &ConnShared, channel: u16, method: &'static str) -> tracing::Span {
+    tracing::debug_span!("lepus.call", connection = conn.name(), channel, method)
 }
 
 /// A short string from user input, or the encode error that names why not.

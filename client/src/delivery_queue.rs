@@ -104,12 +104,16 @@ impl DeliveryQueue {
         if inner.dropped {
             return Pushed::Refused(item);
         }
+        let body_bytes = item.as_ref().ok().map(|d| d.body.len());
         let bytes = cost(&item);
         inner.bytes += bytes;
         inner.items.push_back(item);
         let waker = inner.waker.take();
         drop(inner);
         self.conn.add_unread(bytes);
+        if let (Some(body_bytes), Some(metrics)) = (body_bytes, self.conn.metrics()) {
+            metrics.delivered(body_bytes);
+        }
         Pushed::Queued(waker)
     }
 

@@ -18,11 +18,13 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lepus_codec::Limits;
 
 use crate::auth::{AuthMechanism, Credentials, Password};
+use crate::metrics::Metrics;
 use crate::recovery::{Address, AddressOrder, CredentialsProvider, RecoveryOptions};
 use crate::tls::TlsOptions;
 use crate::uri::{AMQP_PORT, AMQPS_PORT, DEFAULT_VHOST, ParsedUri, UriError};
@@ -61,6 +63,7 @@ pub struct ConnectionOptions {
     pub(crate) address_order: AddressOrder,
     pub(crate) recovery: RecoveryOptions,
     pub(crate) credentials_provider: Option<CredentialsProvider>,
+    pub(crate) metrics: Option<Arc<dyn Metrics>>,
 }
 
 impl fmt::Debug for ConnectionOptions {
@@ -87,6 +90,7 @@ impl fmt::Debug for ConnectionOptions {
             .field("close_timeout", &self.close_timeout)
             .field("max_unread_bytes", &self.max_unread_bytes)
             .field("recovery", &self.recovery)
+            .field("metrics", &self.metrics.is_some())
             .finish()
     }
 }
@@ -143,6 +147,7 @@ impl ConnectionOptions {
             address_order: AddressOrder::InOrder,
             recovery: RecoveryOptions::new(),
             credentials_provider: None,
+            metrics: None,
         }
     }
 
@@ -399,6 +404,15 @@ impl ConnectionOptions {
         self
     }
 
+    /// Where the connection reports what it does (publishes, confirms, deliveries, acks,
+    /// channels, blocks, recoveries): see [`crate::metrics`]. None by default, and then
+    /// counting costs nothing but an `Option` check per event.
+    #[must_use]
+    pub fn metrics(mut self, metrics: Arc<dyn Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// The host.
     pub fn get_host(&self) -> &str {
         &self.host
@@ -499,6 +513,11 @@ impl ConnectionOptions {
     /// How the connection recovers.
     pub fn get_recovery(&self) -> &RecoveryOptions {
         &self.recovery
+    }
+
+    /// The metrics hook, if one is set.
+    pub fn get_metrics(&self) -> Option<&Arc<dyn Metrics>> {
+        self.metrics.as_ref()
     }
 
     /// The credentials provider, if one is set.

@@ -117,12 +117,23 @@ impl Channel {
         // The driver gives these back when it takes the publish (see the Publish command).
         permit.forget();
         let channel = self.link.shared.clone();
+        let body_bytes = body.len();
         let Some((tx, return_key, rx)) = confirm else {
             self.link.commands.send(Command::Publish { channel, frames, confirm: None, budget })?;
+            published(shared, body_bytes);
             return Ok(PublisherConfirm::not_requested(shared.conn.clone()));
         };
         self.link.commands.send(Command::Publish { channel, frames, confirm: Some((tx, return_key)), budget })?;
+        published(shared, body_bytes);
         Ok(PublisherConfirm::pending(rx, shared.conn.clone(), self.timeout))
+    }
+}
+
+/// Counts a publish handed to the driver (one branch when no metrics hook is set).
+#[inline]
+fn published(shared: &ChannelShared, body_bytes: usize) {
+    if let Some(metrics) = shared.conn.metrics() {
+        metrics.published(body_bytes);
     }
 }
 

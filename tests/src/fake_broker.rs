@@ -676,6 +676,8 @@ impl Peer {
             Method::QueueDelete(d) if !d.nowait => queue::DeleteOk { message_count: 0 }.into(),
             Method::ExchangeDeclare(d) if !d.nowait => exchange::DeclareOk {}.into(),
             Method::ExchangeDelete(d) if !d.nowait => exchange::DeleteOk {}.into(),
+            Method::ExchangeBind(b) if !b.nowait => exchange::BindOk {}.into(),
+            Method::ExchangeUnbind(u) if !u.nowait => exchange::UnbindOk {}.into(),
             Method::BasicQos(_) => basic::QosOk {}.into(),
             Method::BasicConsume(c) => {
                 let tag = if c.consumer_tag.is_empty() {

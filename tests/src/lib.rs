@@ -4,6 +4,7 @@
 //! lets tests check the codec against the real RabbitMQ before (and beside) the client.
 
 pub mod bounded;
+pub mod cluster;
 pub mod fake_broker;
 pub mod memory;
 pub mod nested;
@@ -11,6 +12,7 @@ pub mod node;
 pub mod proxy;
 pub mod raw;
 pub mod recovery_load;
+pub mod traffic;
 pub mod util;
 pub mod wire_check;
 

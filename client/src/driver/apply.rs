@@ -19,7 +19,11 @@ impl Driver {
     /// that touches channels waits (in order) until the replay is done; a close is applied
     /// at once, and a settlement too (its tag is either still valid, or stale and refused).
     pub(super) fn command(&mut self, cmd: Command, now: Instant) {
-        let holding = self.recovery.is_some() || self.replay.is_some();
+        // A state machine that has just closed (an I/O error read this turn) has not yet
+        // told the driver, so recovery has not started: a command applied now would fail
+        // with the bare error of the loss. Held back, it is applied after recovery, or
+        // answered by `shutdown` if there is none.
+        let holding = self.recovery.is_some() || self.replay.is_some() || self.proto.is_closed();
         if holding && !matches!(cmd, Command::Close { .. } | Command::Settle { .. }) {
             self.parked.push_back(cmd);
             return;

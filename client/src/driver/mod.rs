@@ -231,13 +231,6 @@ impl Driver {
 
     /// Applies whatever commands are already queued, without waiting.
     fn take_commands(&mut self, now: Instant) {
-        if self.proto.is_closed() {
-            // The connection closed in the last read and its events are not routed yet:
-            // a command applied now would fail with the raw close error before recovery
-            // can hold it back. Left queued, it is held back (recovery) or answered by
-            // `shutdown`.
-            return;
-        }
         for _ in 0..COMMAND_BATCH {
             if self.handles_gone || self.unwritten > MAX_UNWRITTEN {
                 return;

@@ -7,6 +7,7 @@
 use std::{collections::VecDeque, future::Future, sync::Arc, time::Instant};
 
 use lepus_codec::{Method, ReplyCode, method::channel as chan};
+use tracing::Instrument;
 
 use super::Driver;
 use crate::{
@@ -33,6 +34,8 @@ pub(super) struct Recovery {
     gave_up: bool,
     /// Confirms kept for republishing after the replay (policy `republish_unconfirmed`).
     pub(super) republish: Vec<ConfirmTx>,
+    /// The tracing span of the attempt under way: open until the next attempt or the end.
+    span: tracing::Span,
 }
 
 /// What the step in flight was, to read its reply.
@@ -87,6 +90,7 @@ impl Driver {
             auth_failures: 0,
             gave_up: false,
             republish: Vec::new(),
+            span: tracing::Span::none(),
         });
         self.replay = None;
         self.shared.set_down(Some(error.clone()));
@@ -142,6 +146,8 @@ impl Driver {
             let attempt = recovery.backoff.attempts();
             let address = self.rotation.next().unwrap_or_else(|| self.address.clone());
             tracing::info!(attempt, %address, ?delay, "reconnecting");
+            recovery.span = tracing::info_span!("lepus.recovery", connection = self.shared.name(), attempt, %address);
+            let span = recovery.span.clone();
             self.shared.event(ConnectionEvent::Recovering { attempt, address: address.to_string() });
             self.serve_until(tokio::time::sleep(delay)).await?;
             let connect_options = self.options.clone();
@@ -150,7 +156,8 @@ impl Driver {
                 let opened = connect::open(&target, &connect_options).await?;
                 let proto = connect::state_machine(&connect_options).await?;
                 Ok::<_, Error>((opened, proto))
-            };
+            }
+            .instrument(span);
             let limit = self.options.get_connection_timeout();
             let result = self.serve_until(tokio::time::timeout(limit, attempt)).await?;
             match result {

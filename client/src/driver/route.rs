@@ -42,6 +42,9 @@ impl Driver {
                     }
                 }
                 result => {
+                    if let (Some(metrics), Ok(confirmation)) = (self.shared.metrics(), &result) {
+                        crate::metrics::confirmation(metrics, confirmation);
+                    }
                     let _ = token.tx.send(result);
                 }
             },
@@ -73,6 +76,9 @@ impl Driver {
         match reply_to {
             ReplyTo::Call { tx, record } => {
                 let result = match result {
+                    // The broker closed the connection because of this very call: its
+                    // outcome is known (refused), whatever recovery does next.
+                    Err(e) if failing && caused_by(&e, record.as_ref().map(|(_, request)| request)) => Err(e),
                     Err(e) if failing => Err(lost(e)),
                     Ok(reply) => {
                         if let Some((channel, request)) = record {
@@ -170,6 +176,16 @@ impl Driver {
         } else {
             self.shared.closed(&error);
         }
+    }
+}
+
+/// Whether the connection close `error` names `request`'s method as its cause.
+fn caused_by(error: &Error, request: Option<&Method>) -> bool {
+    match (error, request) {
+        (Error::ConnectionClosed(reason), Some(request)) => {
+            reason.class_id != 0 && (reason.class_id, reason.method_id) == request.id()
+        }
+        _ => false,
     }
 }
 

@@ -111,7 +111,8 @@ impl Default for RecoveryOptions {
 }
 
 impl RecoveryOptions {
-    /// Recovery on: backoff from 200 ms doubling to 10 s with jitter, never giving up
+    /// Recovery on: backoff from 200 ms doubling to 5 s with jitter (so a broker back from a
+    /// restart is reached within about 5 s, as with the Java client's fixed interval), never giving up
     /// (except on errors that reconnecting cannot fix, see [`Error::is_recoverable`]),
     /// topology re-declared, unconfirmed publishes failed with [`Error::ConnectionLost`]
     /// (not republished), and publishes and calls waiting up to 60 s for the connection to
@@ -120,7 +121,7 @@ impl RecoveryOptions {
         RecoveryOptions {
             enabled: true,
             initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(5),
             max_attempts: None,
             max_duration: None,
             topology: true,
