@@ -157,7 +157,7 @@ pub(crate) async fn run(setup: Setup) {
             next = d.reconnect().await;
         }
     }
-    d.shutdown();
+    d.shutdown().await;
 }
 
 impl Driver {
@@ -345,7 +345,7 @@ impl Driver {
     }
 
     /// The connection is over for good: answer everyone.
-    fn shutdown(&mut self) {
+    async fn shutdown(&mut self) {
         let now = Instant::now();
         self.pump(now);
         let error = self
@@ -364,7 +364,11 @@ impl Driver {
         for cmd in parked {
             self.apply(cmd, now);
         }
-        while let Ok(cmd) = self.commands.try_recv() {
+        // `recv`, not `try_recv`: a send that got past the close but has not finished
+        // pushing its command is not seen by `try_recv`, and its command (with the oneshot
+        // its caller waits on) would stay in the queue for as long as any handle lives.
+        // `recv` returns `None` only once every such send has landed, which is at once.
+        while let Some(cmd) = self.commands.recv().await {
             self.apply(cmd, now);
         }
         self.pump(now);
