@@ -8,6 +8,7 @@ use lepus_codec::{
     method::{basic, channel as chan, confirm, exchange, queue, tx},
 };
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use crate::{
     ConsumeOptions, Consumer, Delivery, Error, ExchangeDeclareOptions, ExchangeKind, QueueDeclareOptions,
@@ -257,8 +258,9 @@ impl Channel {
     /// is chosen here (`lepus.<n>`), so that the consumer has its tag before the broker
     /// answers.
     pub async fn basic_consume(&self, queue: &str, options: ConsumeOptions) -> Result<Consumer, Error> {
-        within(self.timeout, "basic_consume", async {
+        let consuming = async {
             let shared = self.shared();
+            shared.conn.wait_up().await?;
             shared.check_open()?;
             let tag = if options.consumer_tag.is_empty() {
                 short(&format!("lepus.{}", shared.conn.next_consumer_number()))?
@@ -275,7 +277,7 @@ impl Channel {
                 nowait: false,
                 arguments: options.arguments,
             };
-            let queue = DeliveryQueue::new(shared.conn.clone(), options.no_ack);
+            let queue = DeliveryQueue::new(shared.conn.clone(), options.no_ack, tag.clone(), shared.id);
             // Made before the consume is sent: if this call is abandoned, dropping it cancels
             // the consumer and returns what it was sent.
             let consumer = Consumer::new(tag, queue.clone(), self.link.clone());
@@ -290,8 +292,8 @@ impl Channel {
             // Not consuming: nothing to cancel when the consumer is dropped.
             let _ = queue.end(result.as_ref().err().cloned());
             result
-        })
-        .await
+        };
+        within(self.timeout, "basic_consume", consuming.instrument(self.link.span("basic.consume"))).await
     }
 
     /// Fetches one message, or `None` if the queue is empty. The message count is what
@@ -315,6 +317,9 @@ impl Channel {
                     body,
                 };
                 let acker = Acker { link: self.link.clone(), key, no_ack };
+                if let Some(metrics) = self.shared().conn.metrics() {
+                    metrics.delivered(delivery.body.len());
+                }
                 Ok(Some((Delivery::new(delivery, acker), ok.message_count)))
             }
             Reply::Method(Method::BasicGetEmpty(_)) => Ok(None),
@@ -357,7 +362,18 @@ impl Channel {
     fn settle(&self, method: Method) -> Result<(), Error> {
         let shared = self.shared();
         shared.check_open()?;
-        self.link.commands.send(Command::Settle { key: shared.key(), method })
+        let key = shared.key();
+        if key.epoch == 0 {
+            // The connection was lost: every tag of the lost channel is void.
+            let tag = match &method {
+                Method::BasicAck(m) => m.delivery_tag,
+                Method::BasicNack(m) => m.delivery_tag,
+                Method::BasicReject(m) => m.delivery_tag,
+                _ => 0,
+            };
+            return Err(Error::StaleDeliveryTag(tag));
+        }
+        self.link.settle(key, method)
     }
 
     /// Redelivers every unacknowledged message of the channel.
@@ -367,8 +383,9 @@ impl Channel {
 
     /// Puts the channel in confirm mode: every publish resolves to the broker's verdict.
     pub async fn confirm_select(&self) -> Result<(), Error> {
-        within(self.timeout, "confirm_select", async {
+        let selecting = async {
             let shared = self.shared();
+            shared.conn.wait_up().await?;
             shared.check_open()?;
             let (tx, rx) = oneshot::channel();
             let method = confirm::Select::default().into();
@@ -376,8 +393,8 @@ impl Channel {
             // Publishes queued after the select are in confirm mode on the wire too.
             shared.set_confirm_mode();
             rx.await.map_err(|_| shared.close_reason_or_closed())?.map(|_| ())
-        })
-        .await
+        };
+        within(self.timeout, "confirm_select", selecting.instrument(self.link.span("confirm.select"))).await
     }
 
     /// Puts the channel in transactional mode.
@@ -409,7 +426,9 @@ impl Channel {
 
     /// Closes the channel and waits for the broker's close-ok.
     pub async fn close(&self) -> Result<(), Error> {
-        match self.call("channel_close", chan::Close::default().into()).await {
+        let shared = self.shared();
+        let span = tracing::info_span!("lepus.channel.close", connection = shared.conn.name(), channel = self.id());
+        match self.call("channel_close", chan::Close::default().into()).instrument(span).await {
             // A channel that had already closed: closing again is not an error.
             Ok(_) | Err(Error::ChannelClosed(_)) => Ok(()),
             Err(e) => Err(e),

@@ -6,12 +6,15 @@ use std::sync::Arc;
 
 use lepus_codec::Method;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use crate::{
     Error,
     channel_shared::ChannelShared,
     command::{Command, CommandSender},
-    proto::Reply,
+    connection::call_span,
+    metrics::Settlement,
+    proto::{ChannelKey, Reply},
 };
 
 pub(crate) struct ChannelLink {
@@ -22,10 +25,32 @@ pub(crate) struct ChannelLink {
 impl ChannelLink {
     /// A synchronous call: the reply, or the error that closed the channel first.
     pub(crate) async fn call(&self, method: Method) -> Result<Reply, Error> {
-        self.shared.check_open()?;
-        let (tx, rx) = oneshot::channel();
-        self.commands.send(Command::Call { channel: self.shared.clone(), method, reply: tx })?;
-        rx.await.map_err(|_| self.shared.close_reason_or_closed())?
+        let span = self.span(method.name());
+        async {
+            self.shared.conn.wait_up().await?;
+            self.shared.check_open()?;
+            let (tx, rx) = oneshot::channel();
+            self.commands.send(Command::Call { channel: self.shared.clone(), method, reply: tx })?;
+            rx.await.map_err(|_| self.shared.close_reason_or_closed())?
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The tracing span of a synchronous call of `method` on this channel.
+    pub(crate) fn span(&self, method: &'static str) -> tracing::Span {
+        call_span(&self.shared.conn, self.shared.key().id, method)
+    }
+
+    /// Hands an ack, nack or reject for a delivery of incarnation `key` to the driver.
+    pub(crate) fn settle(&self, key: ChannelKey, method: Method) -> Result<(), Error> {
+        // Read before the method moves into the command, counted once it is handed over.
+        let count = self.shared.conn.metrics().map(|metrics| (metrics, Settlement::of(&method)));
+        self.commands.send(Command::Settle { key, method })?;
+        if let Some((metrics, settlement)) = count {
+            settlement.count(metrics);
+        }
+        Ok(())
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::sync::{
     Arc, Mutex, PoisonError,
-    atomic::{AtomicBool, AtomicU64, Ordering},
+    atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
 };
 
 use lepus_codec::Content;
@@ -17,6 +17,8 @@ use crate::{Error, ReturnedMessage, conn_shared::ConnShared, proto::ChannelKey, 
 const RETURNS_CAPACITY: usize = 256;
 
 pub(crate) struct ChannelShared {
+    /// The channel's identity across its incarnations (recovery reopens it as itself).
+    pub(crate) id: u64,
     /// The current incarnation as `epoch << 16 | id`; 0 until the driver has opened it.
     key: AtomicU64,
     pub(crate) conn: Arc<ConnShared>,
@@ -30,7 +32,14 @@ pub(crate) struct ChannelShared {
     returns_dropped: AtomicU64,
     /// Which delivery tags a `multiple` ack or nack has settled on this incarnation.
     pub(crate) covered: CoveredThrough,
+    /// For the metrics hook: `NOT_COUNTED`, `COUNTED_OPEN` or `COUNTED_CLOSED`, so that a
+    /// channel counts as closed only if it counted as opened, and each once.
+    counted: AtomicU8,
 }
+
+const NOT_COUNTED: u8 = 0;
+const COUNTED_OPEN: u8 = 1;
+const COUNTED_CLOSED: u8 = 2;
 
 fn pack(key: ChannelKey) -> u64 {
     (key.epoch << 16) | u64::from(key.id)
@@ -46,6 +55,7 @@ impl ChannelShared {
         let (returns_tx, returns_rx) = mpsc::channel(RETURNS_CAPACITY);
         let window = Arc::new(Semaphore::new(conn.limits.publish_window));
         Arc::new(ChannelShared {
+            id: conn.next_channel_number(),
             key: AtomicU64::new(0),
             conn,
             closed: watch::Sender::new(None),
@@ -56,6 +66,7 @@ impl ChannelShared {
             returns_rx: Mutex::new(Some(returns_rx)),
             returns_dropped: AtomicU64::new(0),
             covered: CoveredThrough::default(),
+            counted: AtomicU8::new(NOT_COUNTED),
         })
     }
 
@@ -66,6 +77,15 @@ impl ChannelShared {
         // Tags start again at 1 on a new incarnation.
         self.covered.reset();
         self.key.store(pack(key), Ordering::Release);
+    }
+
+    /// The connection was lost: no incarnation is live until recovery reopens the channel
+    /// (with the same id), so a delivery tag of the lost one is stale at once.
+    pub(crate) fn lost(&self) {
+        let id = self.key().id;
+        self.key.store(pack(ChannelKey { id, epoch: 0 }), Ordering::Release);
+        // A new channel starts with flow on.
+        self.flow.send_replace(true);
     }
 
     pub(crate) fn closed(&self, error: Error) {
@@ -80,6 +100,11 @@ impl ChannelShared {
         // Publishers waiting for window space or flow must wake up and see the close.
         self.window.close();
         self.flow.send_replace(true);
+        if self.counted.swap(COUNTED_CLOSED, Ordering::AcqRel) == COUNTED_OPEN
+            && let Some(metrics) = self.conn.metrics()
+        {
+            metrics.channel_closed();
+        }
     }
 
     pub(crate) fn set_flow(&self, active: bool) {
@@ -87,10 +112,25 @@ impl ChannelShared {
     }
 
     pub(crate) fn returned(&self, content: Content) {
+        if let Some(metrics) = self.conn.metrics() {
+            metrics.returned();
+        }
         if self.returns_tx.try_send(ReturnedMessage::from_content(content)).is_err() {
             let dropped = self.returns_dropped.fetch_add(1, Ordering::Relaxed) + 1;
             let id = self.key().id;
             tracing::warn!(channel = id, dropped, "returned message dropped: nobody reads Channel::returns");
+        }
+    }
+
+    // ---- written by handles ------------------------------------------------------------
+
+    /// The application got the channel open: it counts as opened, unless it already closed.
+    pub(crate) fn count_opened(&self) {
+        let opened = self.counted.compare_exchange(NOT_COUNTED, COUNTED_OPEN, Ordering::AcqRel, Ordering::Acquire);
+        if opened.is_ok()
+            && let Some(metrics) = self.conn.metrics()
+        {
+            metrics.channel_opened();
         }
     }
 

@@ -5,17 +5,18 @@
 //! the connection alive.
 
 use std::{
+    collections::HashMap,
     sync::{
-        Mutex, PoisonError,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use lepus_codec::{FieldTable, ReplyCode};
+use lepus_codec::{FieldTable, ReplyCode, ShortStr};
 use tokio::sync::{Notify, Semaphore, broadcast, watch};
 
-use crate::{CloseReason, ConnectionEvent, Error, proto::Tuning};
+use crate::{CloseReason, ConnectionEvent, Error, metrics::Metrics, proto::Tuning};
 
 /// Connection events kept for slow readers of [`crate::Connection::events`].
 const EVENT_CAPACITY: usize = 64;
@@ -29,6 +30,12 @@ pub(crate) struct HandleLimits {
     pub(crate) blocked_timeout: Option<Duration>,
     /// The default deadline of every call a handle makes.
     pub(crate) call_timeout: Option<Duration>,
+    /// Whether calls and publishes fail at once while recovering (else they wait).
+    pub(crate) fail_fast_while_down: bool,
+    /// How long they wait for recovery.
+    pub(crate) recovery_wait: Duration,
+    /// Whether confirmed publishes keep their frames for republishing after a recovery.
+    pub(crate) republish: bool,
     /// Bytes of publishes handed to the driver and not yet taken by it.
     pub(crate) publish_budget: usize,
     /// Bytes of deliveries waiting for the application before the socket stops being read.
@@ -60,10 +67,29 @@ pub(crate) struct ConnShared {
     pub(crate) close_signal: Notify,
     /// Numbers the consumer tags chosen by the client.
     consumers: AtomicU64,
+    /// Numbers channels (their identity across recoveries).
+    channels: AtomicU64,
+    /// `Some(cause)` while the connection is down and recovering.
+    down: watch::Sender<Option<Error>>,
+    /// Mirrors `down.is_some()` for the publish hot path.
+    is_down: AtomicBool,
+    /// Server-named queues renamed by recovery: earlier name to current.
+    renames: Mutex<HashMap<ShortStr, ShortStr>>,
+    has_renames: AtomicBool,
+    /// Completed recoveries.
+    recoveries: AtomicU64,
+    /// The connection's name (the `connection_name` option), for tracing spans.
+    name: Option<String>,
+    /// Where events are counted, if anywhere.
+    metrics: Option<Arc<dyn Metrics>>,
+    /// Whether a handshake completed: only then does the close count as a connection closed.
+    opened: AtomicBool,
+    /// Since when the broker blocks the connection, to report how long it did.
+    blocked_since: Mutex<Option<Instant>>,
 }
 
 impl ConnShared {
-    pub(crate) fn new(limits: HandleLimits) -> Self {
+    pub(crate) fn new(limits: HandleLimits, name: Option<String>, metrics: Option<Arc<dyn Metrics>>) -> Self {
         ConnShared {
             info: Mutex::new(None),
             frame_max: AtomicU32::new(0),
@@ -79,6 +105,16 @@ impl ConnShared {
             close_request: Mutex::new(None),
             close_signal: Notify::new(),
             consumers: AtomicU64::new(0),
+            channels: AtomicU64::new(0),
+            down: watch::Sender::new(None),
+            is_down: AtomicBool::new(false),
+            renames: Mutex::new(HashMap::new()),
+            has_renames: AtomicBool::new(false),
+            recoveries: AtomicU64::new(0),
+            name,
+            metrics,
+            opened: AtomicBool::new(false),
+            blocked_since: Mutex::new(None),
         }
     }
 
@@ -87,6 +123,11 @@ impl ConnShared {
     pub(crate) fn connected(&self, tuning: Tuning, server_properties: FieldTable) {
         self.frame_max.store(tuning.frame_max, Ordering::Release);
         *self.info.lock().unwrap_or_else(PoisonError::into_inner) = Some((tuning, server_properties));
+        if !self.opened.swap(true, Ordering::AcqRel)
+            && let Some(metrics) = self.metrics()
+        {
+            metrics.connection_opened();
+        }
     }
 
     pub(crate) fn set_blocked(&self, reason: Option<String>) {
@@ -94,6 +135,11 @@ impl ConnShared {
             Some(r) => ConnectionEvent::Blocked(r.clone()),
             None => ConnectionEvent::Unblocked,
         };
+        if reason.is_some() {
+            self.blocked_since.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert_with(Instant::now);
+        } else {
+            self.block_ended();
+        }
         self.blocked.send_replace(reason);
         // Nobody listening is fine: events never wait for readers.
         let _ = self.events.send(event);
@@ -107,10 +153,52 @@ impl ConnShared {
         self.closed.send_replace(Some(error.clone()));
         // A closed connection blocks nobody: publishers waiting for the block to lift wake
         // up and find the connection closed.
+        self.block_ended();
         self.blocked.send_replace(None);
+        if self.opened.load(Ordering::Acquire)
+            && let Some(metrics) = self.metrics()
+        {
+            metrics.connection_closed();
+        }
         // Publishers waiting for budget fail now rather than when the socket is released.
         self.publish_budget.close();
         let _ = self.events.send(ConnectionEvent::Closed(error.clone()));
+    }
+
+    /// Sends a connection event (nobody listening is fine).
+    pub(crate) fn event(&self, event: ConnectionEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// The connection went down and recovery starts (`Some`), or it is back (`None`).
+    pub(crate) fn set_down(&self, cause: Option<Error>) {
+        let down = cause.is_some();
+        if down {
+            // A new connection starts unblocked; waiters must see the recovery instead.
+            self.block_ended();
+            self.blocked.send_replace(None);
+        } else {
+            self.recoveries.fetch_add(1, Ordering::Relaxed);
+            if let Some(metrics) = self.metrics() {
+                metrics.recovered();
+            }
+        }
+        self.is_down.store(down, Ordering::Release);
+        self.down.send_replace(cause);
+    }
+
+    /// A block by the broker is over (lifted, or the connection is gone): report its length.
+    fn block_ended(&self) {
+        let since = self.blocked_since.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let (Some(since), Some(metrics)) = (since, self.metrics()) {
+            metrics.blocked(since.elapsed());
+        }
+    }
+
+    /// Recovery renamed server-named queues: publishes naming them follow.
+    pub(crate) fn set_renames(&self, renames: HashMap<ShortStr, ShortStr>) {
+        self.has_renames.store(!renames.is_empty(), Ordering::Release);
+        *self.renames.lock().unwrap_or_else(PoisonError::into_inner) = renames;
     }
 
     /// The driver has ended: the socket is released and every waiter answered.
@@ -129,6 +217,18 @@ impl ConnShared {
     }
 
     // ---- read by everyone --------------------------------------------------------------
+
+    /// Where events are counted: `None` unless the application set a hook, so that a
+    /// counting site costs one branch without one.
+    #[inline]
+    pub(crate) fn metrics(&self) -> Option<&dyn Metrics> {
+        self.metrics.as_deref()
+    }
+
+    /// The connection's name, for tracing spans (a missing one records no field).
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
 
     pub(crate) fn tuning(&self) -> Tuning {
         self.info.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|(t, _)| *t).unwrap_or_default()
@@ -185,6 +285,61 @@ impl ConnShared {
     pub(crate) fn request_close(&self, code: ReplyCode, text: &str) {
         *self.close_request.lock().unwrap_or_else(PoisonError::into_inner) = Some((code, text.to_owned()));
         self.close_signal.notify_one();
+    }
+
+    /// Waits while the connection is recovering: at once when it is up (one atomic load);
+    /// else fails fast or waits for it to come back, as the recovery options say.
+    pub(crate) async fn wait_up(&self) -> Result<(), Error> {
+        if !self.is_down.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let cause = || {
+            let cause = self.down.borrow().clone();
+            Error::Disconnected(Box::new(cause.unwrap_or_else(|| self.closed_error())))
+        };
+        if self.limits.fail_fast_while_down {
+            return Err(cause());
+        }
+        let mut down = self.down.subscribe();
+        let mut closed = self.closed.subscribe();
+        let wait = async {
+            tokio::select! {
+                _ = down.wait_for(Option::is_none) => {}
+                _ = closed.wait_for(Option::is_some) => {}
+            }
+        };
+        if tokio::time::timeout(self.limits.recovery_wait, wait).await.is_err() {
+            return Err(cause());
+        }
+        self.check_open()
+    }
+
+    /// Whether the connection is down and recovering.
+    pub(crate) fn is_down(&self) -> bool {
+        self.is_down.load(Ordering::Acquire)
+    }
+
+    /// How many times the connection recovered.
+    pub(crate) fn recoveries(&self) -> u64 {
+        self.recoveries.load(Ordering::Relaxed)
+    }
+
+    /// The current name of a queue, after recovery's renames (the name itself if none).
+    pub(crate) fn current_queue_name<'a>(&self, name: &'a str) -> std::borrow::Cow<'a, str> {
+        if !self.has_renames.load(Ordering::Acquire) {
+            return std::borrow::Cow::Borrowed(name);
+        }
+        let renames = self.renames.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = ShortStr::try_from(name).ok().and_then(|n| renames.get(&n).cloned());
+        match current.and_then(|c| c.as_str().map(str::to_owned)) {
+            Some(current) => std::borrow::Cow::Owned(current),
+            None => std::borrow::Cow::Borrowed(name),
+        }
+    }
+
+    /// A number for a channel's identity, unique on this connection.
+    pub(crate) fn next_channel_number(&self) -> u64 {
+        self.channels.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// A number for a consumer tag, unique on this connection.

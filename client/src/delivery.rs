@@ -8,7 +8,6 @@ use lepus_codec::{BasicProperties, Method, ShortStr, method::basic};
 use crate::{
     Error,
     channel_link::ChannelLink,
-    command::Command,
     proto,
     settle::{self, Settled},
 };
@@ -129,6 +128,6 @@ impl Delivery {
             .map_err(|settle::Refused::AlreadySettled| Error::AlreadySettled(self.delivery_tag))?;
         // The driver checks the incarnation again when it sends: a settlement that loses a
         // race with the channel closing is dropped there, never sent with a stale tag.
-        self.acker.link.commands.send(Command::Settle { key: self.acker.key, method })
+        self.acker.link.settle(self.acker.key, method)
     }
 }

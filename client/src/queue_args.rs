@@ -7,12 +7,15 @@
 //! [`QueueArguments`] spells each one with the key and the wire type RabbitMQ expects:
 //! integers as signed 64-bit (`l`, what RabbitMQ's own clients send), names as long strings,
 //! flags as booleans.
+//!
+//! Quorum queues and streams have their own: a delivery limit and at-least-once
+//! dead-lettering for quorum queues, retention by age and segment size for streams.
 
 use std::time::Duration;
 
 use lepus_codec::{FieldTable, FieldValue, ShortStr};
 
-use crate::Error;
+use crate::{Error, StreamInterval};
 
 /// The largest TTL or expiry RabbitMQ accepts, in milliseconds (its timers are 32-bit).
 const MAX_TIMER_MS: u128 = u32::MAX as u128;
@@ -61,13 +64,46 @@ impl QueueType {
     }
 }
 
+/// How a quorum queue dead-letters (`x-dead-letter-strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadLetterStrategy {
+    /// Republish to the dead-letter exchange without confirms: a dead letter may be lost
+    /// (target queue down or full, nothing bound). RabbitMQ's default.
+    AtMostOnce,
+    /// Keep each dead letter in the source queue until a target queue has confirmed it
+    /// (RabbitMQ 3.10+, quorum queues). RabbitMQ applies it only together with
+    /// [`Overflow::RejectPublish`] and a dead-letter exchange: with `drop-head` overflow it
+    /// falls back to at-most-once, without an exchange it drops dead letters, each time with
+    /// only a warning in its log. [`QueueArguments::build`] refuses both combinations.
+    AtLeastOnce,
+}
+
+impl DeadLetterStrategy {
+    /// The value on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterStrategy::AtMostOnce => "at-most-once",
+            DeadLetterStrategy::AtLeastOnce => "at-least-once",
+        }
+    }
+}
+
 /// A typed builder for the arguments table of `queue.declare`.
 ///
 /// Each setter replaces an earlier value of the same argument; [`QueueArguments::raw`]
 /// sets any other key. [`QueueArguments::build`] checks what can be checked here (a TTL or
 /// expiry beyond RabbitMQ's 32-bit timers, an expiry of zero, a key over 255 bytes) and
 /// returns the table; `FieldTable::from` skips those checks and lets the broker judge
-/// (a bad value then closes the channel with 406 `PRECONDITION_FAILED`).
+/// (a bad value then closes the channel with 406 `PRECONDITION_FAILED`). `build` also refuses
+/// [`DeadLetterStrategy::AtLeastOnce`] without `x-overflow: reject-publish` and a
+/// dead-letter exchange, which RabbitMQ would accept and quietly not honour (when a policy
+/// supplies those, use `FieldTable::from`).
+///
+/// Each queue type accepts its own arguments: RabbitMQ refuses one it knows but the queue
+/// type does not support with 406, naming it in the reply text (e.g. `x-delivery-limit` or
+/// `x-dead-letter-strategy` on a classic queue, `x-max-age` on a quorum queue). Arguments a
+/// broker has never heard of are ignored instead (3.10 ignores
+/// [`QueueArguments::stream_filter_size_bytes`], new in 3.13).
 ///
 /// ```
 /// use std::time::Duration;
@@ -211,6 +247,46 @@ impl QueueArguments {
         self.set("x-single-active-consumer", FieldValue::Bool(on))
     }
 
+    /// `x-delivery-limit` (quorum queues): a message returned more than `limit` times (nacked
+    /// or rejected with requeue, or left unacknowledged by a closing channel) is
+    /// dead-lettered, or dropped without a dead-letter exchange, instead of being delivered
+    /// again; with a limit of 2 a message is delivered at most 3 times. See
+    /// [`Delivery::delivery_count`](crate::Delivery::delivery_count). RabbitMQ 4.0+ sets 20
+    /// when none is given.
+    pub fn delivery_limit(self, limit: u32) -> Self {
+        self.set("x-delivery-limit", FieldValue::I64(i64::from(limit)))
+    }
+
+    /// `x-dead-letter-strategy` (quorum queues): at-most-once (the default) or
+    /// at-least-once dead-lettering; see [`DeadLetterStrategy::AtLeastOnce`] for what else
+    /// the latter needs.
+    pub fn dead_letter_strategy(self, strategy: DeadLetterStrategy) -> Self {
+        self.set("x-dead-letter-strategy", strategy.as_str().into())
+    }
+
+    /// `x-max-age` (streams): segments whose messages are all older than this are deleted,
+    /// e.g. `"7D".parse()?`. Retention works per segment, so messages can outlive it until
+    /// their segment is full.
+    pub fn max_age(self, age: StreamInterval) -> Self {
+        self.set("x-max-age", age.to_string().into())
+    }
+
+    /// `x-stream-max-segment-size-bytes` (streams): the size of the files a stream is kept
+    /// in (RabbitMQ's default is 500 MB); retention deletes whole segments.
+    pub fn stream_max_segment_size_bytes(self, bytes: u64) -> Self {
+        self.set("x-stream-max-segment-size-bytes", Self::count(bytes))
+    }
+
+    /// `x-stream-filter-size-bytes` (streams, RabbitMQ 3.13+): the size of each chunk's
+    /// Bloom filter for [`stream filtering`](crate::ConsumeOptions::stream_filter), 16 to
+    /// 255 (RabbitMQ's default is 16); `build` refuses smaller sizes. Brokers before 3.13
+    /// do not know the argument and ignore it, like any `x-` argument they have never
+    /// heard of.
+    pub fn stream_filter_size_bytes(self, bytes: u8) -> Self {
+        let problem = (bytes < 16).then_some("x-stream-filter-size-bytes below 16");
+        self.set_checked("x-stream-filter-size-bytes", FieldValue::I64(i64::from(bytes)), problem)
+    }
+
     /// Any other argument, e.g. `("x-queue-mode", "lazy")` or a plugin's; replaces a typed
     /// setter's value for the same key. A key over 255 bytes cannot be sent: `build`
     /// reports it and `FieldTable::from` leaves it out.
@@ -223,16 +299,41 @@ impl QueueArguments {
         self
     }
 
-    /// The arguments table, or the first value RabbitMQ would refuse.
+    /// The arguments table, or the first value RabbitMQ would refuse (or quietly not
+    /// honour: see [`DeadLetterStrategy::AtLeastOnce`]).
     pub fn build(self) -> Result<FieldTable, Error> {
         match self.problems.into_iter().next() {
-            None => Ok(self.table),
+            None => {
+                at_least_once_is_complete(&self.table)?;
+                Ok(self.table)
+            }
             Some((_, Problem::Invalid(what))) => Err(Error::InvalidOperation(what)),
             Some((_, Problem::KeyTooLong(len))) => {
                 Err(Error::Encode(lepus_codec::EncodeError::ShortStringTooLong { len }))
             }
         }
     }
+}
+
+/// At-least-once dead-lettering without `reject-publish` (run as at-most-once) or without a
+/// dead-letter exchange (dead letters dropped) is accepted by RabbitMQ with only a warning in
+/// its log.
+fn at_least_once_is_complete(table: &FieldTable) -> Result<(), Error> {
+    let text = |key| table.get(key).and_then(FieldValue::as_str);
+    if text("x-dead-letter-strategy") != Some(DeadLetterStrategy::AtLeastOnce.as_str()) {
+        return Ok(());
+    }
+    if text("x-overflow") != Some(Overflow::RejectPublish.as_str()) {
+        return Err(Error::InvalidOperation(
+            "x-dead-letter-strategy at-least-once needs x-overflow reject-publish (RabbitMQ falls back to at-most-once)",
+        ));
+    }
+    if table.get("x-dead-letter-exchange").is_none() {
+        return Err(Error::InvalidOperation(
+            "x-dead-letter-strategy at-least-once needs an x-dead-letter-exchange (RabbitMQ drops dead letters without one)",
+        ));
+    }
+    Ok(())
 }
 
 impl From<QueueArguments> for FieldTable {
@@ -371,6 +472,85 @@ mod tests {
         assert!(fixed.build().is_err(), "a key over 255 bytes stays unsendable");
         let err = QueueArguments::new().max_length(1).expires(Duration::ZERO).raw("x-expires", 5i64).build();
         assert_eq!(err.unwrap().get("x-expires"), Some(&FieldValue::I64(5)), "raw replaces the refused value");
+    }
+
+    #[test]
+    fn quorum_and_stream_setters_write_rabbitmqs_keys_and_types() {
+        let t = QueueArguments::new()
+            .queue_type(QueueType::Quorum)
+            .delivery_limit(3)
+            .overflow(Overflow::RejectPublish)
+            .dead_letter_exchange("dlx")
+            .dead_letter_strategy(DeadLetterStrategy::AtLeastOnce)
+            .build()
+            .unwrap();
+        let s = |v: &str| FieldValue::LongString(bytes::Bytes::copy_from_slice(v.as_bytes()));
+        assert_eq!(t.get("x-delivery-limit"), Some(&FieldValue::I64(3)));
+        assert_eq!(t.get("x-delivery-limit").map(FieldValue::type_letter), Some(b'l'));
+        assert_eq!(t.get("x-dead-letter-strategy"), Some(&s("at-least-once")));
+        let most = QueueArguments::new().dead_letter_strategy(DeadLetterStrategy::AtMostOnce).build().unwrap();
+        assert_eq!(most.get("x-dead-letter-strategy"), Some(&s("at-most-once")));
+        let max = QueueArguments::new().delivery_limit(u32::MAX).build().unwrap();
+        assert_eq!(max.get("x-delivery-limit"), Some(&FieldValue::I64(i64::from(u32::MAX))));
+
+        let week: StreamInterval = "7D".parse().unwrap();
+        let t = QueueArguments::new()
+            .queue_type(QueueType::Stream)
+            .max_age(week)
+            .stream_max_segment_size_bytes(1 << 20)
+            .stream_filter_size_bytes(32)
+            .build()
+            .unwrap();
+        assert_eq!(
+            entries(&t),
+            vec![
+                ("x-queue-type".to_owned(), s("stream")),
+                ("x-max-age".to_owned(), s("7D")),
+                ("x-stream-max-segment-size-bytes".to_owned(), FieldValue::I64(1 << 20)),
+                ("x-stream-filter-size-bytes".to_owned(), FieldValue::I64(32)),
+            ]
+        );
+    }
+
+    #[test]
+    fn filter_sizes_below_16_are_refused() {
+        for ok in [16, 255] {
+            assert!(QueueArguments::new().stream_filter_size_bytes(ok).build().is_ok(), "{ok}");
+        }
+        let err = QueueArguments::new().stream_filter_size_bytes(15).build().unwrap_err();
+        assert!(matches!(err, Error::InvalidOperation(_)) && err.to_string().contains("below 16"), "{err}");
+        let fixed = QueueArguments::new().stream_filter_size_bytes(0).stream_filter_size_bytes(16);
+        assert!(fixed.build().is_ok());
+    }
+
+    #[test]
+    fn at_least_once_without_reject_publish_or_a_dlx_is_refused() {
+        let at_least_once = || QueueArguments::new().dead_letter_strategy(DeadLetterStrategy::AtLeastOnce);
+        let cases = [
+            (at_least_once().dead_letter_exchange("dlx"), "reject-publish"),
+            (at_least_once().dead_letter_exchange("dlx").overflow(Overflow::DropHead), "reject-publish"),
+            (at_least_once().dead_letter_exchange("dlx").overflow(Overflow::RejectPublishDlx), "reject-publish"),
+            (at_least_once().overflow(Overflow::RejectPublish), "x-dead-letter-exchange"),
+        ];
+        for (args, needs) in cases {
+            let err = args.clone().build().unwrap_err();
+            assert!(matches!(err, Error::InvalidOperation(_)), "{err}");
+            assert!(err.to_string().contains(needs), "{err}");
+            // Unchecked (e.g. a policy supplies the rest), it goes out as set.
+            assert!(FieldTable::from(args).get("x-dead-letter-strategy").is_some());
+        }
+        // The default exchange is an exchange too; raw values count like typed ones.
+        let ok = at_least_once().overflow(Overflow::RejectPublish).dead_letter_exchange("").build();
+        assert!(ok.is_ok(), "{ok:?}");
+        let raw = QueueArguments::new()
+            .raw("x-dead-letter-strategy", "at-least-once")
+            .raw("x-overflow", "reject-publish")
+            .raw("x-dead-letter-exchange", "dlx")
+            .build();
+        assert!(raw.is_ok(), "{raw:?}");
+        assert!(QueueArguments::new().raw("x-dead-letter-strategy", "at-least-once").build().is_err());
+        // At-most-once needs neither.
+        assert!(QueueArguments::new().dead_letter_strategy(DeadLetterStrategy::AtMostOnce).build().is_ok());
     }
 
     #[test]

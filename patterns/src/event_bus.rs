@@ -34,8 +34,9 @@
 //!   binding left from an older version of the group, say) is dead-lettered too: nothing
 //!   is dropped silently.
 //! - **Statistics** ([`EventBusStats`]) count what the bus and its members did;
-//!   `reconnections` stays 0: the client has no automatic recovery yet, so a bus whose
-//!   connection closes stays down (publishes fail, members stop: [`GroupMember::is_running`]).
+//!   `reconnections` counts the times the connection was lost and recovered by the
+//!   client's automatic recovery (members keep consuming across it; a connection that
+//!   closes for good stops them: [`GroupMember::is_running`]).
 //! - **Shutdown** ([`EventBus::shutdown`], [`GroupMember::shutdown`]) stops consuming, lets
 //!   every event a member has received finish its handlers and be settled, then closes the
 //!   member's channel and the bus's publishing channels. The connection is yours to close.
@@ -273,8 +274,7 @@ pub struct EventBusStats {
     pub retried: u64,
     /// Failures given up on: sent to the dead-letter queue.
     pub dead_lettered: u64,
-    /// Reconnections after a lost connection: always 0 — the client has no automatic
-    /// recovery yet, so a bus whose connection closes stays down.
+    /// Times the bus's connection was lost and recovered (`Connection::recoveries`).
     pub reconnections: u64,
     /// When the last event was published (confirmed).
     pub last_publish_at: Option<SystemTime>,
@@ -323,7 +323,8 @@ impl Counters {
         }
     }
 
-    pub(crate) fn snapshot(&self) -> EventBusStats {
+    /// The counters, with the connection's `reconnections`.
+    pub(crate) fn snapshot(&self, reconnections: u64) -> EventBusStats {
         let at = |ms: &AtomicU64| match ms.load(Ordering::Relaxed) {
             0 => None,
             ms => UNIX_EPOCH.checked_add(Duration::from_millis(ms)),
@@ -336,7 +337,7 @@ impl Counters {
             failed: self.failed.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
-            reconnections: 0,
+            reconnections,
             last_publish_at: at(&self.last_publish_ms),
             last_consume_at: at(&self.last_consume_ms),
         }
@@ -472,7 +473,7 @@ impl EventBus {
 
     /// Counts of what the bus and the members started from it did so far.
     pub fn stats(&self) -> EventBusStats {
-        self.inner.counters.snapshot()
+        self.inner.counters.snapshot(self.inner.conn.recoveries())
     }
 
     pub(crate) fn counters(&self) -> &Arc<Counters> {
@@ -725,14 +726,14 @@ mod tests {
     #[test]
     fn counters_add_up() {
         let c = Counters::default();
-        assert_eq!(c.snapshot(), EventBusStats::default());
+        assert_eq!(c.snapshot(0), EventBusStats::default());
         c.consumed(now_ms());
         c.consumed(now_ms());
         c.consumed(now_ms());
         c.settled(Settled::Succeeded);
         c.settled(Settled::Retried);
         c.settled(Settled::DeadLettered);
-        let s = c.snapshot();
+        let s = c.snapshot(0);
         assert_eq!((s.consumed, s.succeeded, s.failed, s.retried, s.dead_lettered), (3, 1, 2, 1, 1));
         assert!(s.last_consume_at.is_some() && s.last_publish_at.is_none());
         assert_eq!(s.reconnections, 0);

@@ -4,12 +4,14 @@
 //! lets tests check the codec against the real RabbitMQ before (and beside) the client.
 
 pub mod bounded;
+pub mod cluster;
 pub mod fake_broker;
 pub mod memory;
 pub mod nested;
 pub mod node;
 pub mod proxy;
 pub mod raw;
+pub mod traffic;
 pub mod util;
 pub mod wire_check;
 

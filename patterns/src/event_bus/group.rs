@@ -348,7 +348,13 @@ impl ConsumerGroup {
             }
             return Err(EventBusError::Closed);
         }
-        Ok(GroupMember { group: self.name.clone(), queue: topology.queue().to_owned(), slot, counters })
+        Ok(GroupMember {
+            group: self.name.clone(),
+            queue: topology.queue().to_owned(),
+            slot,
+            counters,
+            conn: conn.clone(),
+        })
     }
 
     /// The group queue's ready messages and consumers (members), from a passive declare.
@@ -447,6 +453,7 @@ pub struct GroupMember {
     queue: String,
     slot: Arc<MemberSlot>,
     counters: Arc<Counters>,
+    conn: lepus::Connection,
 }
 
 impl fmt::Debug for GroupMember {
@@ -473,7 +480,7 @@ impl GroupMember {
 
     /// What this member did so far (`published` and `publish_failures` are 0).
     pub fn stats(&self) -> EventBusStats {
-        self.counters.snapshot()
+        self.counters.snapshot(self.conn.recoveries())
     }
 
     /// True while it consumes: not shut down, and its channel and connection open.

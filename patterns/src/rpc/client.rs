@@ -14,11 +14,11 @@ use std::{
 
 use bytes::Bytes;
 use lepus::{
-    BasicProperties, Channel, Confirmation, Connection, ConsumeOptions, Consumer, Delivery, FieldTable, FieldValue,
-    PublishOptions, QueueDeclareOptions, ReplyCode, ShortStr,
+    BasicProperties, Channel, Confirmation, Connection, ConnectionEvent, ConsumeOptions, Consumer, Delivery,
+    FieldTable, FieldValue, PublishOptions, QueueDeclareOptions, ReplyCode, ShortStr,
 };
 use tokio::{
-    sync::{Semaphore, oneshot},
+    sync::{Semaphore, broadcast, oneshot},
     task::AbortHandle,
 };
 
@@ -87,7 +87,9 @@ pub enum RpcError {
     /// The client's channel or connection closed; every call in progress fails with this,
     /// and so does every later call.
     Closed(lepus::Error),
-    /// Any other client error (e.g. a routing key over 255 bytes).
+    /// Any other client error (e.g. a routing key over 255 bytes), or
+    /// [`lepus::Error::ConnectionLost`] for a call in progress when the connection was lost
+    /// (its reply cannot come; the client carries on once the connection recovers).
     Client(lepus::Error),
 }
 
@@ -222,7 +224,8 @@ fn header_text(properties: &BasicProperties, key: &str) -> Option<String> {
     }
 }
 
-type ReplySender = oneshot::Sender<RpcReply>;
+/// A call's reply, or why it cannot come (the connection was lost while it waited).
+type ReplySender = oneshot::Sender<Result<RpcReply, lepus::Error>>;
 
 /// The calls waiting for a reply, by correlation id.
 struct Table {
@@ -242,7 +245,7 @@ impl Table {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn register(&self, id: &str) -> Result<oneshot::Receiver<RpcReply>, RpcError> {
+    fn register(&self, id: &str) -> Result<oneshot::Receiver<Result<RpcReply, lepus::Error>>, RpcError> {
         let (tx, rx) = oneshot::channel();
         let mut state = self.lock();
         if let Some(e) = &state.closed {
@@ -270,9 +273,17 @@ impl Table {
             tracing::debug!(correlation_id = ?properties.correlation_id, discarded, "reply nobody waits for: dropped");
             return;
         };
-        if tx.send(RpcReply { body, properties }).is_err() {
+        if tx.send(Ok(RpcReply { body, properties })).is_err() {
             // The call gave up between our lookup and the send.
             self.discarded.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Fails every call waiting now with `reason`; later calls go ahead.
+    fn fail_waiting(&self, reason: &lepus::Error) {
+        let calls = std::mem::take(&mut self.lock().calls);
+        for (_, tx) in calls {
+            let _ = tx.send(Err(reason.clone()));
         }
     }
 
@@ -398,7 +409,8 @@ impl Session {
             .map_err(|_| RpcError::Client(lepus::Error::Timeout("setting up the RPC client")))??;
         let table =
             Arc::new(Table { state: Mutex::new(TableState { calls: HashMap::new(), closed: None }), discarded });
-        let dispatcher = tokio::spawn(dispatch(consumer, channel.clone(), table.clone())).abort_handle();
+        let events = conn.events();
+        let dispatcher = tokio::spawn(dispatch(consumer, channel.clone(), table.clone(), events)).abort_handle();
         Ok(Session { channel, reply_to, table, dispatcher })
     }
 }
@@ -545,7 +557,7 @@ impl ClientShared {
                 });
             }
         }
-        let reply = rx.await.map_err(|_| table.closed_error())?;
+        let reply = rx.await.map_err(|_| table.closed_error())?.map_err(RpcError::Client)?;
         match reply.error() {
             Some(message) => Err(RpcError::Remote { message }),
             None => Ok(reply),
@@ -566,15 +578,34 @@ fn trace_request(properties: &mut BasicProperties, parent: Option<&TraceContext>
     inject(&context, properties);
 }
 
-/// Reads replies until the consumer ends, then fails every waiting call with why.
-async fn dispatch(mut consumer: Consumer, channel: Channel, table: Arc<Table>) {
+/// Reads replies until the consumer ends, then fails every waiting call with why. When the
+/// connection is lost (and recovers: the consumer carries on), the replies of the calls
+/// waiting then cannot come, so those calls fail at once rather than at their timeout.
+async fn dispatch(
+    mut consumer: Consumer,
+    channel: Channel,
+    table: Arc<Table>,
+    mut events: broadcast::Receiver<ConnectionEvent>,
+) {
+    let mut watching = true;
     let reason = loop {
-        match consumer.next().await {
-            Some(Ok(delivery)) => table.deliver(delivery),
-            Some(Err(e)) => break e,
-            None => {
-                break channel.close_reason().unwrap_or(lepus::Error::InvalidOperation("the RPC reply consumer ended"));
-            }
+        tokio::select! {
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => table.deliver(delivery),
+                Some(Err(e)) => break e,
+                None => {
+                    break channel
+                        .close_reason()
+                        .unwrap_or(lepus::Error::InvalidOperation("the RPC reply consumer ended"));
+                }
+            },
+            event = events.recv(), if watching => match event {
+                Ok(ConnectionEvent::Disconnected { reason }) => {
+                    table.fail_waiting(&lepus::Error::ConnectionLost(Box::new(reason)));
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => watching = false,
+            },
         }
     };
     tracing::debug!(error = %reason, "RPC reply consumer ended");
