@@ -19,7 +19,7 @@ pub struct Config {
     pub sizes: Vec<usize>,
     /// The clients that run (`lepus`, `lapin`, `ceiling`).
     pub clients: Vec<&'static str>,
-    /// Rounds of the cases that are repeated (publish 64 B, confirm).
+    /// Rounds of the cases that are repeated (publish 64 B, confirm, consume 64 B).
     pub rounds: u64,
     /// The runtimes lepus and lapin run on, each on a fresh one per run.
     pub runtimes: Vec<RuntimeKind>,
@@ -128,8 +128,8 @@ impl Config {
         self.clients.contains(&client)
     }
 
-    /// How many rounds `case` gets: [`Config::rounds`] for publish 64 B and confirm, the
-    /// cases whose share of the ceiling swings most from run to run; one for the rest.
+    /// How many rounds `case` gets: [`Config::rounds`] for the cases of
+    /// [`Case::is_repeated`]; one for the rest.
     pub fn rounds_of(&self, case: Case) -> u64 {
         if case.is_repeated() { self.rounds } else { 1 }
     }
@@ -191,6 +191,8 @@ mod tests {
     fn rounds_only_for_repeated_cases() {
         let config = config();
         assert_eq!(config.rounds_of(Case { workload: Workload::Confirm, size: 64, n: 1 }), 3);
-        assert_eq!(config.rounds_of(Case { workload: Workload::Consume, size: 64, n: 1 }), 1);
+        assert_eq!(config.rounds_of(Case { workload: Workload::Consume, size: 64, n: 1 }), 3);
+        assert_eq!(config.rounds_of(Case { workload: Workload::Consume, size: 4096, n: 1 }), 1);
+        assert_eq!(config.rounds_of(Case { workload: Workload::Rpc, size: 64, n: 1 }), 1);
     }
 }

@@ -22,8 +22,18 @@
 //!   cent). The pid is `LEPUS_BENCH_BROKER_PID` if set, else the process owning the socket
 //!   that listens on the AMQP port (found through `/proc/net/tcp{,6}` and `/proc/*/fd`,
 //!   which needs the rights to read the broker's fds: root, or the broker's user).
+//!
+//! For exact counts by system call, or a profile of the timed sections only, run the bench
+//! under `perf stat -D -1 --control fifo:CTL,ACK` (or `perf record`) with
+//! `LEPUS_BENCH_PERF_CTL=CTL,ACK`: every section then enables perf's counters as it starts
+//! and disables them as it ends (see [`perf_control`]).
 
-use std::{process::Command, sync::OnceLock, time::Duration};
+use std::{
+    io::{BufRead, BufReader, Write as _},
+    process::Command,
+    sync::OnceLock,
+    time::Duration,
+};
 
 use nix::sys::{
     resource::{Usage, UsageWho, getrusage},
@@ -209,6 +219,30 @@ pub fn parse_ss(text: &str, pid: u32) -> (u64, u64) {
     (out, inn)
 }
 
+/// Tells a `perf stat`/`perf record` started with `-D -1 --control fifo:CTL,ACK` to
+/// enable (or disable) its events, if `LEPUS_BENCH_PERF_CTL=CTL,ACK` is set, and waits for
+/// perf's acknowledgement so that nothing of the section is missed. Failures are reported
+/// once on stderr and otherwise ignored: the bench itself does not need perf.
+pub fn perf_control(enable: bool) {
+    let Some(value) = std::env::var("LEPUS_BENCH_PERF_CTL").ok().filter(|v| !v.trim().is_empty()) else { return };
+    let (ctl, ack) = value.split_once(',').map_or((value.as_str(), None), |(c, a)| (c, Some(a)));
+    let command = if enable { "enable\n" } else { "disable\n" };
+    let result = std::fs::OpenOptions::new().write(true).open(ctl).and_then(|mut f| f.write_all(command.as_bytes()));
+    let result = result.and_then(|()| match ack {
+        Some(ack) => {
+            let mut line = String::new();
+            BufReader::new(std::fs::File::open(ack)?).read_line(&mut line).map(|_| ())
+        }
+        None => Ok(()),
+    });
+    if let Err(e) = result {
+        static WARNED: OnceLock<()> = OnceLock::new();
+        if WARNED.set(()).is_ok() {
+            eprintln!("LEPUS_BENCH_PERF_CTL={value}: {e}");
+        }
+    }
+}
+
 /// Samples every counter. The slow ones (spawning `ss`, reading the broker's stat) come
 /// first, so that [`sample_end`] can take them last and neither lands inside a section.
 pub fn sample_start() -> Sample {
@@ -216,6 +250,7 @@ pub fn sample_start() -> Sample {
     let segs = w.and_then(|w| tcp_segments(w.port));
     let broker_ticks = w.and_then(|w| w.broker_pid).and_then(process_ticks);
     let io = self_io();
+    perf_control(true);
     let mut s = own_usage();
     s.io = io;
     s.broker_ticks = broker_ticks;
@@ -226,6 +261,7 @@ pub fn sample_start() -> Sample {
 /// As [`sample_start`], in the reverse order.
 pub fn sample_end() -> Sample {
     let mut s = own_usage();
+    perf_control(false);
     s.io = self_io();
     let w = watched();
     s.broker_ticks = w.and_then(|w| w.broker_pid).and_then(process_ticks);

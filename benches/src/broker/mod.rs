@@ -19,8 +19,8 @@
 //! body sizes), `LEPUS_BENCH_RUNTIME=current|multi|both` (default both: tokio's
 //! current-thread runtime and the multi-thread one with its default worker count, what
 //! `#[tokio::main]` builds), `LEPUS_BENCH_CEILING_RUNTIME` (the same choice for the
-//! ceiling; default `current`), `LEPUS_BENCH_ROUNDS` (how often publish 64 B and confirm,
-//! the cases whose broker throughput swings most, run for every client, alternating;
+//! ceiling; default `current`), `LEPUS_BENCH_ROUNDS` (how often publish 64 B, confirm and
+//! consume 64 B, the cases of the targets, run for every client, alternating;
 //! default 3, the tables take the median), `LEPUS_BENCH_CLIENTS=lepus,lapin,ceiling` (which
 //! of them run; all by default, a subset for profiling one), `LEPUS_BENCH_BROKER_PID` (the
 //! broker's pid, when it cannot be found from the socket listening on the AMQP port).
@@ -49,8 +49,9 @@ pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Messages per run (publish, confirm, consume, pubsub) unless `LEPUS_BENCH_N` says otherwise.
 pub const DEFAULT_N: u64 = 200_000;
-/// Rounds of publish 64 B and confirm: the broker's throughput varies by ±20% from one run
-/// to the next on this machine, so the share of the ceiling is taken from medians.
+/// Rounds of publish 64 B, confirm and consume 64 B: the broker's throughput varies by ±20%
+/// from one run to the next on this machine (its CPU per consumed message is bimodal, about
+/// 11 or 16.5 us), so the share of the ceiling is taken from medians.
 pub const DEFAULT_ROUNDS: u64 = 3;
 /// Measured rpc calls.
 pub const RPC_CALLS: u64 = 20_000;
@@ -128,9 +129,10 @@ pub struct Case {
 }
 
 impl Case {
-    /// True for the cases that run [`Config::rounds`] times: publish 64 B and confirm.
+    /// True for the cases that run [`Config::rounds`] times: publish 64 B, confirm and
+    /// consume 64 B, the ones the targets compare with the ceiling.
     pub fn is_repeated(self) -> bool {
-        matches!((self.workload, self.size), (Workload::Publish | Workload::Confirm, 64))
+        matches!((self.workload, self.size), (Workload::Publish | Workload::Confirm | Workload::Consume, 64))
     }
 }
 

@@ -3,7 +3,9 @@
 //! [`ACK_BATCH`] are waiting, or when the socket has nothing more to read. Writing the
 //! acks of every read at once would make more, smaller writes whenever the client keeps up
 //! with the broker, and each costs the broker a read; holding them while nothing arrives
-//! would stall a broker that has reached the prefetch limit.
+//! would stall a broker that has reached the prefetch limit. (Measured: batches of 50, 250
+//! and 500 acks, and this rule, cost the broker the same per message within its run-to-run
+//! spread, which is bimodal on this machine: about 11 or about 16.5 us per message.)
 
 use bytes::BytesMut;
 use lepus::ConnectionOptions;
