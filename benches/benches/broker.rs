@@ -24,8 +24,9 @@ use lepus_benches::broker::{
 const SETTLE: Duration = Duration::from_millis(300);
 /// Busy share of all cores under which the machine counts as quiet before a run.
 const QUIET: f64 = 0.15;
-/// How long a run waits for the machine to be quiet.
-const QUIET_WAIT: Duration = Duration::from_secs(5);
+/// How long a run waits for the machine to be quiet. Short: on a machine shared with a
+/// steady background load quiet never comes, and the wait then only lengthens the run.
+const QUIET_WAIT: Duration = Duration::from_secs(2);
 
 /// How a run is done: on which runtime, and which of how many rounds it is.
 #[derive(Debug, Clone, Copy)]
