@@ -1,11 +1,12 @@
 //! `cargo bench -p lepus-benches --bench broker`: the broker workloads of
-//! `shared/BENCHMARKS.md` for lepus and lapin in one process, alternating per workload,
-//! plus the codec-only ceiling for publish (64 B) and confirm.
+//! `shared/BENCHMARKS.md` for lepus and lapin in one process, on tokio's `current_thread`
+//! and `multi_thread` runtimes, alternating per workload, beside the bare-socket ceiling.
 //!
 //! stdout: exactly one JSON line per run. stderr: progress, the comparison table, the
-//! issue's targets and the leftover-queue check. Environment: see
+//! per-message costs, the issue's targets and the leftover-queue check. Environment: see
 //! `lepus_benches::broker` (`LEPUS_BENCH_N`, `LEPUS_BENCH_LAPIN_N`, `LEPUS_BENCH_ONLY`,
-//! `LEPUS_BENCH_ROUNDS`, `LEPUS_BENCH_CLIENTS`, `LEPUS_BENCH_RUNTIME`, `AMQP_URL`).
+//! `LEPUS_BENCH_SIZE`, `LEPUS_BENCH_ROUNDS`, `LEPUS_BENCH_CLIENTS`, `LEPUS_BENCH_RUNTIME`,
+//! `LEPUS_BENCH_CEILING_RUNTIME`, `LEPUS_BENCH_BROKER_PID`, `AMQP_URL`).
 
 use std::{
     future::Future,
@@ -15,7 +16,7 @@ use std::{
 };
 
 use lepus_benches::broker::{
-    BenchError, Case, Config, RUN_LIMIT, RunResult, RuntimeKind, Workload, ceiling, cleanup, lapin_client,
+    BenchError, Case, Config, RUN_LIMIT, RunResult, RuntimeKind, ceiling, cleanup, counters, lapin_client,
     lepus_client, measure, report,
 };
 
@@ -23,8 +24,9 @@ use lepus_benches::broker::{
 const SETTLE: Duration = Duration::from_millis(300);
 /// Busy share of all cores under which the machine counts as quiet before a run.
 const QUIET: f64 = 0.15;
-/// How long a run waits for the machine to be quiet.
-const QUIET_WAIT: Duration = Duration::from_secs(5);
+/// How long a run waits for the machine to be quiet. Short: on a machine shared with a
+/// steady background load quiet never comes, and the wait then only lengthens the run.
+const QUIET_WAIT: Duration = Duration::from_secs(2);
 
 /// How a run is done: on which runtime, and which of how many rounds it is.
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +34,12 @@ struct Plan {
     kind: RuntimeKind,
     round: u64,
     rounds: u64,
+}
+
+impl Plan {
+    fn on(self, kind: RuntimeKind) -> Plan {
+        Plan { kind, ..self }
+    }
 }
 
 impl Plan {
@@ -57,6 +65,7 @@ impl Plan {
             }
             Err(e) => RunResult::failed(client, case, format!("no runtime: {e}")),
         };
+        result.runtime = self.kind;
         if let Some(busy) = busy.filter(|b| *b >= QUIET) {
             result.note = format!("{}; machine {:.0}% busy before the run", result.note, busy * 100.0);
         }
@@ -67,12 +76,15 @@ impl Plan {
         let _ = writeln!(stdout, "{}", report::json_line(&result));
         let _ = stdout.flush();
         eprintln!(
-            "   {client:<7} {:<7} {:>4} B n={:<6} {:>10.0} msg/s {:>6.2} us/msg{}  ({:.1} s with setup)",
+            "   {client:<7} {:<7} {:>4} B {:<7} n={:<6} {:>9.0} msg/s {:>6.2} us/msg, broker {:>5} us/msg{}  \
+             ({:.1} s with setup)",
             case.workload.name(),
             case.size,
+            self.kind.name(),
             case.n,
             result.msgs_per_s(),
             result.cpu_us_per_msg(),
+            result.broker_us_per_msg().map_or_else(|| "-".to_owned(), |b| format!("{b:.2}")),
             if result.ok { "" } else { "  NOT OK" },
             started.elapsed().as_secs_f64(),
         );
@@ -96,61 +108,75 @@ fn main() -> ExitCode {
         }
     };
     eprintln!(
-        "broker bench: n={} (lapin n={}), rpc calls={}, workloads={:?}, clients={:?}, rounds={}, {}",
+        "broker bench: n={} (lapin n={}), rpc calls={}, workloads={:?}, sizes={}, clients={:?}, rounds={}, \
+         runtimes={:?}, ceiling on {:?}",
         config.n,
         config.lapin_n,
         config.rpc_calls,
         config.workloads.iter().map(|w| w.name()).collect::<Vec<_>>(),
+        if config.sizes.is_empty() { "all".to_owned() } else { format!("{:?}", config.sizes) },
         config.clients,
         config.rounds,
-        config.runtime.describe(),
+        config.runtimes.iter().map(|k| k.name()).collect::<Vec<_>>(),
+        config.ceiling_runtimes.iter().map(|k| k.name()).collect::<Vec<_>>(),
     );
+    watch_broker(&config.url);
     let started = Instant::now();
     let url = config.url.clone();
     // Queues a crashed earlier run may have left would skew nothing, but they must go.
     cleanup_and_report(&config, "before the runs");
 
     let mut results = Vec::new();
-    let mut ceiling_done = Vec::new();
     for &workload in &config.workloads {
         let lapin_cases = config.cases(workload, config.lapin_n);
         for (case, lapin_case) in config.cases(workload, config.n).into_iter().zip(lapin_cases) {
             let rounds = config.rounds_of(case);
             for round in 1..=rounds {
-                let plan = Plan { kind: config.runtime, round, rounds };
-                if config.runs("lepus") {
-                    results.push(plan.run("lepus", case, lepus_client::run(case, &url, config.runtime)));
+                let plan = Plan { kind: RuntimeKind::CurrentThread, round, rounds };
+                // Within a round: the ceiling, then each runtime with lepus then lapin, so
+                // that the rows' ratios compare runs minutes apart at most.
+                if config.runs("ceiling") {
+                    for &kind in &config.ceiling_runtimes {
+                        results.push(plan.on(kind).run("ceiling", case, ceiling::run(case, &url, kind)));
+                    }
                 }
-                if config.runs("lapin") {
-                    results.push(plan.run("lapin", lapin_case, lapin_client::run(lapin_case, &url, config.runtime)));
-                }
-                if config.ceiling && case.has_ceiling() {
-                    let plan = Plan { kind: RuntimeKind::CurrentThread, ..plan };
-                    results.push(plan.run("ceiling", case, ceiling::run(case, &url)));
-                    ceiling_done.push(case.workload);
-                }
-            }
-        }
-    }
-    // `LEPUS_BENCH_ONLY=ceiling` alone: the ceiling runs without its workloads.
-    if config.ceiling {
-        for workload in [Workload::Publish, Workload::Confirm] {
-            if !ceiling_done.contains(&workload) {
-                let case = Case { workload, size: 64, n: config.n };
-                let rounds = config.rounds_of(case);
-                for round in 1..=rounds {
-                    let plan = Plan { kind: RuntimeKind::CurrentThread, round, rounds };
-                    results.push(plan.run("ceiling", case, ceiling::run(case, &url)));
+                for &kind in &config.runtimes {
+                    if config.runs("lepus") {
+                        results.push(plan.on(kind).run("lepus", case, lepus_client::run(case, &url, kind)));
+                    }
+                    if config.runs("lapin") {
+                        let work = lapin_client::run(lapin_case, &url, kind);
+                        results.push(plan.on(kind).run("lapin", lapin_case, work));
+                    }
                 }
             }
         }
     }
 
     eprintln!("\n{}", report::table(&results));
+    eprintln!("{}", report::costs(&results));
     eprintln!("{}", report::targets(&results));
     cleanup_and_report(&config, "after the runs");
     eprintln!("broker bench: {:.0} s in all", started.elapsed().as_secs_f64());
     if results.iter().all(|r| r.ok) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// Finds the broker's pid for the broker CPU column, and says which it is (or why there
+/// is none).
+fn watch_broker(url: &str) {
+    let port = lepus::ConnectionOptions::from_uri(url).map_or(5672, |o| o.get_port());
+    let broker_pid = match counters::find_broker(port) {
+        Ok(pid) => {
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            eprintln!("broker: pid {pid} ({}), listening on port {port}", name.trim());
+            Some(pid)
+        }
+        Err(e) => {
+            eprintln!("broker: no pid, so no broker CPU column: {e}");
+            None
+        }
+    };
+    counters::watch(counters::Watch { port, broker_pid });
 }
 
 /// Deletes leftover `bench.`/`rpc.` queues and says which there were.

@@ -23,8 +23,8 @@ const CLIENT: &str = "lepus";
 /// Runs `case` against the broker at `url`.
 pub async fn run(case: Case, url: &str, runtime: RuntimeKind) -> Result<RunResult, BenchError> {
     let note = format!(
-        "lepus {}; {}; library defaults (frame_max 131072, heartbeat 60 s, publish_window 1000, consumer buffer \
-         1024); body passed as a shared Bytes",
+        "lepus {}; {}; library defaults (frame_max 131072, heartbeat 60 s, publish_window 1000, automatic \
+         recovery on); body passed as a shared Bytes",
         env!("CARGO_PKG_VERSION"),
         runtime.describe()
     );

@@ -4,32 +4,20 @@
 //! BENCHMARKS.md defines it. It comes from `nix` because the workspace forbids `unsafe`
 //! and `nix` wraps the call safely. (`/proc/self/stat` would need no crate but counts in
 //! clock ticks of 10 ms, too coarse for a one-second section; `/proc/self/schedstat`
-//! covers only the main thread, missing lapin's I/O thread and tokio's workers.)
+//! covers only the main thread, missing lapin's I/O thread and tokio's workers.) The
+//! other costs of a section (broker CPU, system calls, context switches, TCP segments)
+//! are sampled with it: see [`super::counters`].
 
 use std::time::{Duration, Instant};
 
-use nix::sys::{
-    resource::{UsageWho, getrusage},
-    time::TimeVal,
-};
+pub use super::counters::process_cpu;
+use super::counters::{Costs, Sample, sample_end, sample_start};
 
-/// User + system CPU time the process has used so far (all its threads).
-pub fn process_cpu() -> Duration {
-    let to_duration = |tv: TimeVal| {
-        let micros = u64::try_from(tv.tv_sec()).unwrap_or(0) * 1_000_000 + u64::try_from(tv.tv_usec()).unwrap_or(0);
-        Duration::from_micros(micros)
-    };
-    // getrusage(RUSAGE_SELF) fails only for an invalid `who`; a zero reading would show up
-    // as a CPU time of 0 in the results rather than abort the bench.
-    getrusage(UsageWho::RUSAGE_SELF)
-        .map_or(Duration::ZERO, |u| to_duration(u.user_time()) + to_duration(u.system_time()))
-}
-
-/// A timed section in progress: wall clock and process CPU at its start.
+/// A timed section in progress: wall clock and counters at its start.
 #[derive(Debug, Clone, Copy)]
 pub struct Section {
     wall: Instant,
-    cpu: Duration,
+    start: Sample,
 }
 
 /// What a timed section took.
@@ -39,20 +27,23 @@ pub struct Measured {
     pub seconds: f64,
     /// Process CPU seconds (user + system).
     pub cpu_s: f64,
+    /// Broker CPU, system calls, context switches, segments.
+    pub costs: Costs,
 }
 
 impl Section {
     /// Starts the clocks; call immediately before the section's first operation.
     pub fn start() -> Section {
-        let cpu = process_cpu();
-        Section { wall: Instant::now(), cpu }
+        let start = sample_start();
+        Section { wall: Instant::now(), start }
     }
 
     /// Stops the clocks.
     pub fn stop(self) -> Measured {
         let seconds = self.wall.elapsed().as_secs_f64();
-        let cpu_s = process_cpu().saturating_sub(self.cpu).as_secs_f64();
-        Measured { seconds, cpu_s }
+        let end = sample_end();
+        let cpu_s = end.cpu().saturating_sub(self.start.cpu()).as_secs_f64();
+        Measured { seconds, cpu_s, costs: self.start.costs_until(&end) }
     }
 }
 

@@ -1,23 +1,29 @@
 //! The broker workloads of `shared/BENCHMARKS.md`, run by `cargo bench --bench broker`
-//! for lepus and for lapin in the same process, plus a codec-only "ceiling".
+//! for lepus and for lapin in the same process, on tokio's current-thread and multi-thread
+//! runtimes, beside a "ceiling" client.
 //!
 //! - [`lepus_client`] and [`lapin_client`] implement the five workloads (publish, confirm,
 //!   consume, rpc, pubsub) with each library's normal calls.
-//! - [`ceiling`] times publish and confirm with pre-encoded frames on a bare socket: what
-//!   the broker absorbs on this machine when the client costs next to nothing.
+//! - [`ceiling`] does every workload with frames encoded by lepus-codec on a bare socket
+//!   (pre-encoded where the content is known in advance, acks coalesced per read): what the
+//!   broker absorbs on this machine when the client costs next to nothing.
 //! - [`measure`] has the clocks (wall, and the process's CPU from `getrusage`) and the
-//!   percentiles; [`report`] the JSON lines and the closing table; [`cleanup`] removes
-//!   queues a run left behind.
+//!   percentiles; [`counters`] the other costs of a section (broker CPU, system calls,
+//!   context switches, TCP segments); [`report`] the JSON lines and the closing tables;
+//!   [`cleanup`] removes queues a run left behind; [`config`] reads the environment.
 //!
 //! Environment: `AMQP_URL` (or `AMQP_HOST` + `AMQP_PORT`), `LEPUS_BENCH_N` (messages per
 //! run instead of the workloads' N; rpc calls are capped at it), `LEPUS_BENCH_LAPIN_N`
-//! (lapin's N, if it must be smaller), `LEPUS_BENCH_ONLY=publish,confirm` (a subset of
-//! `publish`, `confirm`, `consume`, `rpc`, `pubsub`, `ceiling`),
-//! `LEPUS_BENCH_ROUNDS` (how often publish 64 B and confirm, the cases compared with the
-//! ceiling, run for every client, alternating; default 3, the table takes the median),
-//! `LEPUS_BENCH_CLIENTS=lepus,lapin,ceiling` (which of them run; all by default, a subset
-//! for profiling one), and `LEPUS_BENCH_RUNTIME=current|multi` (tokio's current-thread
-//! runtime, the default, or the multi-thread one with two workers).
+//! (lapin's N, if it must be smaller), `LEPUS_BENCH_ONLY=consume,confirm` (a subset of
+//! `publish`, `confirm`, `consume`, `rpc`, `pubsub`), `LEPUS_BENCH_SIZE=64` (only these
+//! body sizes), `LEPUS_BENCH_RUNTIME=current|multi|both` (default both: tokio's
+//! current-thread runtime and the multi-thread one with its default worker count, what
+//! `#[tokio::main]` builds), `LEPUS_BENCH_CEILING_RUNTIME` (the same choice for the
+//! ceiling; default `current`), `LEPUS_BENCH_ROUNDS` (how often publish 64 B, confirm and
+//! consume 64 B, the cases of the targets, run for every client, alternating;
+//! default 3, the tables take the median), `LEPUS_BENCH_CLIENTS=lepus,lapin,ceiling` (which
+//! of them run; all by default, a subset for profiling one), `LEPUS_BENCH_BROKER_PID` (the
+//! broker's pid, when it cannot be found from the socket listening on the AMQP port).
 
 use std::{
     fmt::{self, Write as _},
@@ -28,18 +34,24 @@ use std::{
 
 pub mod ceiling;
 pub mod cleanup;
+pub mod config;
+pub mod counters;
 pub mod lapin_client;
 pub mod lepus_client;
 pub mod measure;
 pub mod report;
+
+pub use config::Config;
+pub use counters::Costs;
 
 /// Errors of a run: whatever the library or the socket said, as text is enough here.
 pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Messages per run (publish, confirm, consume, pubsub) unless `LEPUS_BENCH_N` says otherwise.
 pub const DEFAULT_N: u64 = 200_000;
-/// Rounds of publish 64 B and confirm: the broker's throughput varies by ±20% from one run
-/// to the next on this machine, so the share of the ceiling is taken from medians.
+/// Rounds of publish 64 B, confirm and consume 64 B: the broker's throughput varies by ±20%
+/// from one run to the next on this machine (its CPU per consumed message is bimodal, about
+/// 11 or 16.5 us), so the share of the ceiling is taken from medians.
 pub const DEFAULT_ROUNDS: u64 = 3;
 /// Measured rpc calls.
 pub const RPC_CALLS: u64 = 20_000;
@@ -79,6 +91,14 @@ impl Workload {
     pub const ALL: [Workload; 5] =
         [Workload::Publish, Workload::Confirm, Workload::Consume, Workload::Rpc, Workload::Pubsub];
 
+    /// The body sizes it runs with.
+    pub fn sizes(self) -> &'static [usize] {
+        match self {
+            Workload::Publish | Workload::Consume => &[64, 4096],
+            Workload::Confirm | Workload::Rpc | Workload::Pubsub => &[64],
+        }
+    }
+
     /// The name used in the JSON output and in `LEPUS_BENCH_ONLY`.
     pub fn name(self) -> &'static str {
         match self {
@@ -109,9 +129,10 @@ pub struct Case {
 }
 
 impl Case {
-    /// True for the cases the ceiling measures too: publish 64 B and confirm.
-    pub fn has_ceiling(self) -> bool {
-        matches!((self.workload, self.size), (Workload::Publish | Workload::Confirm, 64))
+    /// True for the cases that run [`Config::rounds`] times: publish 64 B, confirm and
+    /// consume 64 B, the ones the targets compare with the ceiling.
+    pub fn is_repeated(self) -> bool {
+        matches!((self.workload, self.size), (Workload::Publish | Workload::Confirm | Workload::Consume, 64))
     }
 }
 
@@ -120,137 +141,40 @@ impl Case {
 pub enum RuntimeKind {
     /// `new_current_thread`: every task of the run on the bench's thread.
     CurrentThread,
-    /// `new_multi_thread` with two workers (the machine's cores).
+    /// `new_multi_thread` with the default worker count (one per core), as
+    /// `#[tokio::main]` builds it.
     MultiThread,
 }
 
 impl RuntimeKind {
+    /// Both, in the order they run.
+    pub const ALL: [RuntimeKind; 2] = [RuntimeKind::CurrentThread, RuntimeKind::MultiThread];
+
     /// A fresh runtime of this kind.
     pub fn build(self) -> std::io::Result<tokio::runtime::Runtime> {
         match self {
             RuntimeKind::CurrentThread => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-            RuntimeKind::MultiThread => {
-                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
-            }
+            RuntimeKind::MultiThread => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        }
+    }
+
+    /// The short name used in the tables, the JSON lines and `LEPUS_BENCH_RUNTIME`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RuntimeKind::CurrentThread => "current",
+            RuntimeKind::MultiThread => "multi",
         }
     }
 
     /// How the runtime is described in the runs' `note`.
-    pub fn describe(self) -> &'static str {
+    pub fn describe(self) -> String {
         match self {
-            RuntimeKind::CurrentThread => "tokio current_thread runtime",
-            RuntimeKind::MultiThread => "tokio multi_thread runtime (2 workers)",
+            RuntimeKind::CurrentThread => "tokio current_thread runtime".to_owned(),
+            RuntimeKind::MultiThread => {
+                let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+                format!("tokio multi_thread runtime ({workers} workers, the default)")
+            }
         }
-    }
-}
-
-/// What the environment asked for.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// The broker.
-    pub url: String,
-    /// Messages per run for lepus and the ceiling.
-    pub n: u64,
-    /// Messages per run for lapin.
-    pub lapin_n: u64,
-    /// Measured rpc calls.
-    pub rpc_calls: u64,
-    /// The selected workloads.
-    pub workloads: Vec<Workload>,
-    /// Whether the ceiling runs.
-    pub ceiling: bool,
-    /// The clients that run (`lepus`, `lapin`, `ceiling`).
-    pub clients: Vec<&'static str>,
-    /// Rounds of the cases that have a ceiling.
-    pub rounds: u64,
-    /// The runtime every run gets a fresh one of.
-    pub runtime: RuntimeKind,
-}
-
-impl Config {
-    /// Reads the environment (see the module docs).
-    pub fn from_env() -> Result<Config, BenchError> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let url = match (var("AMQP_URL"), var("AMQP_HOST")) {
-            (Some(url), _) => url,
-            (None, Some(host)) => {
-                let port = var("AMQP_PORT").unwrap_or_else(|| "5672".to_owned());
-                format!("amqp://guest:guest@{host}:{port}/%2f")
-            }
-            (None, None) => "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
-        };
-        let count = |name: &str| -> Result<Option<u64>, BenchError> {
-            match var(name) {
-                None => Ok(None),
-                Some(v) => match v.trim().parse::<u64>() {
-                    Ok(n) if n > 0 => Ok(Some(n)),
-                    _ => Err(format!("{name} must be a positive integer, not {v:?}").into()),
-                },
-            }
-        };
-        let n = count("LEPUS_BENCH_N")?.unwrap_or(DEFAULT_N);
-        let lapin_n = count("LEPUS_BENCH_LAPIN_N")?.unwrap_or(n);
-        let (workloads, ceiling) = match var("LEPUS_BENCH_ONLY") {
-            None => (Workload::ALL.to_vec(), true),
-            Some(list) => {
-                let mut workloads = Vec::new();
-                let mut ceiling = false;
-                for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                    if name == "ceiling" {
-                        ceiling = true;
-                    } else if let Some(w) = Workload::ALL.into_iter().find(|w| w.name() == name) {
-                        workloads.push(w);
-                    } else {
-                        return Err(format!("LEPUS_BENCH_ONLY: unknown workload {name:?}").into());
-                    }
-                }
-                // The ceiling belongs to publish and confirm: it comes with them.
-                ceiling |= workloads.iter().any(|w| matches!(w, Workload::Publish | Workload::Confirm));
-                (workloads, ceiling)
-            }
-        };
-        let clients = match var("LEPUS_BENCH_CLIENTS") {
-            None => CLIENTS.to_vec(),
-            Some(list) => {
-                let mut clients = Vec::new();
-                for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                    match CLIENTS.into_iter().find(|c| *c == name) {
-                        Some(c) => clients.push(c),
-                        None => return Err(format!("LEPUS_BENCH_CLIENTS: unknown client {name:?}").into()),
-                    }
-                }
-                clients
-            }
-        };
-        let ceiling = ceiling && clients.contains(&"ceiling");
-        let runtime = match var("LEPUS_BENCH_RUNTIME").as_deref() {
-            None | Some("current") => RuntimeKind::CurrentThread,
-            Some("multi") => RuntimeKind::MultiThread,
-            Some(other) => return Err(format!("LEPUS_BENCH_RUNTIME: {other:?} is not current or multi").into()),
-        };
-        let rounds = count("LEPUS_BENCH_ROUNDS")?.unwrap_or(DEFAULT_ROUNDS);
-        Ok(Config { url, n, lapin_n, rpc_calls: RPC_CALLS.min(n), workloads, ceiling, clients, rounds, runtime })
-    }
-
-    /// True if `client` is to run.
-    pub fn runs(&self, client: &str) -> bool {
-        self.clients.contains(&client)
-    }
-
-    /// How many rounds `case` gets: [`Config::rounds`] for the cases that have a ceiling
-    /// (publish 64 B, confirm), one for the rest.
-    pub fn rounds_of(&self, case: Case) -> u64 {
-        if case.has_ceiling() { self.rounds } else { 1 }
-    }
-
-    /// The runs of `workload`, with `n` messages (rpc: `rpc_calls`).
-    pub fn cases(&self, workload: Workload, n: u64) -> Vec<Case> {
-        let sizes: &[usize] = match workload {
-            Workload::Publish | Workload::Consume => &[64, 4096],
-            Workload::Confirm | Workload::Rpc | Workload::Pubsub => &[64],
-        };
-        let n = if workload == Workload::Rpc { self.rpc_calls.min(n) } else { n };
-        sizes.iter().map(|&size| Case { workload, size, n }).collect()
     }
 }
 
@@ -261,6 +185,8 @@ pub struct RunResult {
     pub client: &'static str,
     /// What ran.
     pub case: Case,
+    /// The runtime it ran on.
+    pub runtime: RuntimeKind,
     /// Wall time of the timed section.
     pub seconds: f64,
     /// rpc round-trip percentiles in microseconds.
@@ -273,25 +199,41 @@ pub struct RunResult {
     pub ok: bool,
     /// Library settings, failed checks, errors.
     pub note: String,
+    /// Broker CPU, system calls, context switches and segments of the timed section.
+    pub costs: Costs,
 }
 
 impl RunResult {
     /// A run that did not get to the end of its timed section.
     pub fn failed(client: &'static str, case: Case, note: String) -> RunResult {
-        RunResult { client, case, seconds: 0.0, p50_us: None, p99_us: None, client_cpu_s: 0.0, ok: false, note }
+        RunResult {
+            client,
+            case,
+            runtime: RuntimeKind::CurrentThread,
+            seconds: 0.0,
+            p50_us: None,
+            p99_us: None,
+            client_cpu_s: 0.0,
+            ok: false,
+            note,
+            costs: Costs::default(),
+        }
     }
 
-    /// A run whose timed section took `m`, judged by `checks`.
+    /// A run whose timed section took `m`, judged by `checks`. (The runtime is set by
+    /// whoever built it.)
     pub fn measured(client: &'static str, case: Case, m: measure::Measured, checks: &Checks, note: &str) -> RunResult {
         RunResult {
             client,
             case,
+            runtime: RuntimeKind::CurrentThread,
             seconds: m.seconds,
             p50_us: None,
             p99_us: None,
             client_cpu_s: m.cpu_s,
             ok: checks.ok(),
             note: checks.note(note),
+            costs: m.costs,
         }
     }
 
@@ -305,6 +247,18 @@ impl RunResult {
     #[allow(clippy::cast_precision_loss, reason = "message counts are far below 2^52")]
     pub fn cpu_us_per_msg(&self) -> f64 {
         self.client_cpu_s / self.case.n as f64 * 1e6
+    }
+
+    /// Broker CPU microseconds per message.
+    #[allow(clippy::cast_precision_loss, reason = "message counts are far below 2^52")]
+    pub fn broker_us_per_msg(&self) -> Option<f64> {
+        self.costs.broker_cpu_s.map(|s| s / self.case.n as f64 * 1e6)
+    }
+
+    /// `count` per message.
+    #[allow(clippy::cast_precision_loss, reason = "counts are far below 2^52")]
+    pub fn per_msg(&self, count: u64) -> f64 {
+        count as f64 / self.case.n as f64
     }
 }
 
@@ -383,26 +337,6 @@ mod tests {
         assert_eq!(r.len(), 4 + 32);
         assert!(r.starts_with("rpc."));
         assert!(created_queues().contains(&q));
-    }
-
-    #[test]
-    fn cases_cover_the_sizes() {
-        let config = Config {
-            url: String::new(),
-            n: 1000,
-            lapin_n: 1000,
-            rpc_calls: 1000,
-            workloads: Workload::ALL.to_vec(),
-            ceiling: true,
-            clients: CLIENTS.to_vec(),
-            rounds: 3,
-            runtime: RuntimeKind::CurrentThread,
-        };
-        let sizes = |w| config.cases(w, 1000).iter().map(|c| c.size).collect::<Vec<_>>();
-        assert_eq!(sizes(Workload::Publish), [64, 4096]);
-        assert_eq!(sizes(Workload::Consume), [64, 4096]);
-        assert_eq!(sizes(Workload::Confirm), [64]);
-        assert_eq!(config.cases(Workload::Rpc, 500)[0].n, 500);
     }
 
     #[test]

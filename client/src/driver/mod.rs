@@ -179,6 +179,13 @@ impl Driver {
         // boots, must not hold recovery up.
         let handshake_deadline =
             self.recovery.is_some().then(|| tokio::time::Instant::now() + self.options.get_connection_timeout());
+        // One timer for the session, moved as the state machine's deadline moves (mostly
+        // later, which tokio does without its lock). A fresh `sleep_until` every turn took the
+        // time driver's lock twice per turn, and on the multi-thread runtime often woke the
+        // worker parked in the I/O driver just to recompute its timeout.
+        let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(timer);
+        let mut timer_at = None;
         loop {
             let now = Instant::now();
             self.take_commands(now);
@@ -188,6 +195,12 @@ impl Driver {
                 break;
             }
             let deadline = self.proto.poll_timeout().map(tokio::time::Instant::from_std);
+            if deadline != timer_at {
+                if let Some(at) = deadline {
+                    timer.as_mut().reset(at);
+                }
+                timer_at = deadline;
+            }
             let writing = !self.out.is_empty() || self.needs_flush;
             let taking = !self.handles_gone && self.unwritten <= MAX_UNWRITTEN;
             let shared = self.shared.clone();
@@ -217,7 +230,7 @@ impl Driver {
                     }
                 },
                 () = shared.resume_reading.notified(), if !self.reading => {},
-                () = sleep_until(deadline), if deadline.is_some() => self.proto.handle_timeout(Instant::now()),
+                () = &mut timer, if deadline.is_some() => self.proto.handle_timeout(Instant::now()),
                 () = sleep_until(handshaking), if handshaking.is_some() => {
                     self.io_failed = true;
                     self.proto.handle_io_error(Error::Timeout("the AMQP handshake of a reconnection"));
