@@ -284,7 +284,7 @@ impl Harness {
         let (reply, consumer) = (self.ledger.token(), self.ledger.token());
         let answer = if nowait { Answer::Sent } else { Answer::Method(&[basic::ConsumeOk::ID]) };
         self.ledger.expect_reply(reply, answer);
-        self.ledger.consumer(consumer, reply, key, (nowait && !tag.is_empty()).then_some(tag));
+        self.ledger.consumer(consumer, reply, key, tag);
         self.conn.consume(key, consume, reply, consumer);
     }
 
@@ -398,7 +398,7 @@ impl Harness {
         while let Some(bytes) = self.conn.poll_transmit(self.now) {
             assert!(!bytes.is_empty(), "poll_transmit returned an empty chunk");
             self.pending = self.pending.saturating_sub(bytes.len());
-            self.wire.push(&bytes, self.conn.tuning().frame_max);
+            self.wire.push(&bytes, self.conn.tuning());
             if !all {
                 return;
             }

@@ -38,8 +38,9 @@ struct OpenedChannel {
 /// A consumer handed to `consume`.
 struct Consumer {
     key: ChannelKey,
-    /// The tag it is registered under, once known: the one sent with a `nowait` consume,
-    /// else the one in the `consume-ok` that answered it (the broker's word counts).
+    /// The tag it is registered under, once known: the one in the `consume-ok` that
+    /// answered it (the broker's word counts), or the one a `nowait` consume sent, once
+    /// it was sent.
     tag: Option<ShortStr>,
     ended: bool,
 }
@@ -82,8 +83,8 @@ pub(crate) struct Ledger {
     confirms: HashMap<u64, bool>,
     channels: HashMap<u64, OpenedChannel>,
     consumers: HashMap<u64, Consumer>,
-    /// The consumer of each consume call still waiting for its `consume-ok`.
-    consume_calls: HashMap<u64, u64>,
+    /// The consumer of each consume call not answered yet, and the tag it asked for.
+    consume_calls: HashMap<u64, (u64, ShortStr)>,
     /// The last confirm tag handed out per channel incarnation.
     confirm_tags: HashMap<ChannelKey, u64>,
     pub(crate) summary: Summary,
@@ -110,11 +111,11 @@ impl Ledger {
         self.channels.insert(token, OpenedChannel { key, closed: false });
     }
 
-    /// `consume` was given the consumer token `consumer` and the reply token `reply`; `tag`
-    /// is the tag of a `nowait` consume (registered at once) if the script chose it.
-    pub(crate) fn consumer(&mut self, consumer: u64, reply: u64, key: ChannelKey, tag: Option<ShortStr>) {
-        self.consumers.insert(consumer, Consumer { key, tag, ended: false });
-        self.consume_calls.insert(reply, consumer);
+    /// `consume` was given the consumer token `consumer` and the reply token `reply`, asking
+    /// for `tag` (empty: the client picks one).
+    pub(crate) fn consumer(&mut self, consumer: u64, reply: u64, key: ChannelKey, tag: ShortStr) {
+        self.consumers.insert(consumer, Consumer { key, tag: None, ended: false });
+        self.consume_calls.insert(reply, (consumer, tag));
     }
 
     /// A publish with a confirm token was taken with delivery tag `tag`.
@@ -175,11 +176,14 @@ impl Ledger {
 
     fn reply(&mut self, token: u64, result: Result<Reply, lepus::Error>) {
         let answer = self.replies.remove(&token).unwrap_or_else(|| panic!("reply token {token} answered twice"));
-        let consumer = self.consume_calls.remove(&token);
-        if let (Ok(Reply::Method(Method::BasicConsumeOk(ok))), Some(consumer)) = (&result, consumer)
+        if let Some((consumer, asked)) = self.consume_calls.remove(&token)
             && let Some(c) = self.consumers.get_mut(&consumer)
         {
-            c.tag = Some(ok.consumer_tag.clone());
+            c.tag = match &result {
+                Ok(Reply::Method(Method::BasicConsumeOk(ok))) => Some(ok.consumer_tag.clone()),
+                Ok(Reply::Sent) if !asked.is_empty() => Some(asked),
+                _ => None,
+            };
         }
         let Ok(reply) = result else {
             self.summary.replies_failed += 1;

@@ -34,9 +34,10 @@
 //!   `2 × (units + 1)` (so are those waiting, which `max_queued_events` records); the fuzz
 //!   target runs under `-rss_limit_mb=256`;
 //! - everything the client writes is the protocol header and then valid frames
-//!   (`decode_frame`), none over the negotiated `frame_max`; the output ends on a frame
-//!   boundary unless the socket was dropped; nothing is queued after the connection
-//!   closed;
+//!   (`decode_frame`), none over the negotiated `frame_max`, none on a channel it has not
+//!   opened (within `channel_max`) or has closed; the output ends on a frame boundary
+//!   unless the socket was dropped; `pending_transmit()` is what `poll_transmit` hands
+//!   out; nothing is queued after the connection closed;
 //! - `handle_timeout(now)` leaves no deadline at or before `now` (a driver would spin).
 //!
 //! Why a hand-rolled interpreter and not the `arbitrary` crate: the seed corpus must be

@@ -1,7 +1,11 @@
 //! What the client writes, read back as the broker would: the protocol header, then valid
-//! frames, none larger than the negotiated `frame_max`.
+//! frames, none larger than the negotiated `frame_max`, and none on a channel the client has
+//! not opened or has already closed.
+
+use std::collections::HashSet;
 
 use bytes::BytesMut;
+use lepus::proto::Tuning;
 use lepus_codec::{Frame, Limits, Method, PROTOCOL_HEADER, ShortStr, decode_frame};
 
 /// The client's output so far, decoded frame by frame as it is written.
@@ -16,6 +20,13 @@ pub(crate) struct Wire {
     pub(crate) frames: u64,
     /// `connection.close` frames the client sent.
     pub(crate) closes_sent: u64,
+    /// Channels the client sent `channel.open` on.
+    opened: HashSet<u16>,
+    /// Channels the client sent `channel.close` or `channel.close-ok` on since: nothing but
+    /// a `channel.close-ok` (closes crossing) or a new `channel.open` may follow there.
+    closed: HashSet<u16>,
+    /// The negotiated `channel_max` (0: none).
+    channel_max: u16,
     /// Consumer tags the client sent in `basic.consume`, so that the broker's frames can
     /// name them (the client chooses tags for consumes that give none).
     pub(crate) consumer_tags: Vec<ShortStr>,
@@ -25,9 +36,11 @@ pub(crate) struct Wire {
 const MAX_TAGS: usize = 16;
 
 impl Wire {
-    /// Takes one chunk from `poll_transmit`. `frame_max` is the negotiated one (0: none); it
-    /// is 0 until `connection.tune`, and only the handshake's small frames go out before.
-    pub(crate) fn push(&mut self, bytes: &[u8], frame_max: u32) {
+    /// Takes one chunk from `poll_transmit`. `tuning` is the negotiated one (zeros, "no
+    /// limit", until `connection.tune`; only the handshake's small frames go out before).
+    pub(crate) fn push(&mut self, bytes: &[u8], tuning: Tuning) {
+        self.channel_max = tuning.channel_max;
+        let frame_max = tuning.frame_max;
         self.written += bytes.len() as u64;
         self.buf.extend_from_slice(bytes);
         if !self.header_seen {
@@ -51,6 +64,7 @@ impl Wire {
 
     fn frame(&mut self, frame: Frame) {
         self.frames += 1;
+        self.channel_state(&frame);
         match frame {
             Frame::Method(channel, Method::ConnectionClose(_)) => {
                 assert_eq!(channel, 0, "connection.close on channel {channel}");
@@ -62,6 +76,38 @@ impl Wire {
                 self.consumer_tags.push(consume.consumer_tag);
             }
             _ => {}
+        }
+    }
+
+    /// The client writes on a channel only between its `channel.open` and its close.
+    fn channel_state(&mut self, frame: &Frame) {
+        let channel = frame.channel();
+        if channel == 0 {
+            return;
+        }
+        match frame {
+            Frame::Method(_, Method::ChannelOpen(_)) => {
+                let max = if self.channel_max == 0 { u16::MAX } else { self.channel_max };
+                assert!(channel <= max, "channel.open on channel {channel}, past channel_max {max}");
+                self.opened.insert(channel);
+                self.closed.remove(&channel);
+            }
+            Frame::Method(_, Method::ChannelCloseOk(_)) => {
+                assert!(self.opened.contains(&channel), "channel.close-ok on channel {channel}, never opened");
+                self.closed.insert(channel);
+            }
+            _ => {
+                let what = match frame {
+                    Frame::Method(_, method) => method.name(),
+                    Frame::Header(..) => "a content header",
+                    _ => "a body frame",
+                };
+                assert!(self.opened.contains(&channel), "{what} on channel {channel}, never opened");
+                assert!(!self.closed.contains(&channel), "{what} on channel {channel} after the client closed it");
+                if let Frame::Method(_, Method::ChannelClose(_)) = frame {
+                    self.closed.insert(channel);
+                }
+            }
         }
     }
 
