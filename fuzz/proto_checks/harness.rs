@@ -33,6 +33,13 @@ pub(crate) const EVENTS_PER_UNIT: u64 = 2;
 /// Deadlines fired by one clock step before the clock jumps to its end (a driver that was
 /// asleep, e.g. a suspended machine, wakes once for everything that passed).
 const WAKE_UPS_PER_STEP: usize = 16;
+/// Returns kept per channel that match no publish: the state machine's own cap
+/// (`MAX_UNMATCHED_RETURNS` in `client/src/proto/confirms.rs`), so that a broker cannot
+/// grow its memory without limit.
+const MAX_UNMATCHED_RETURNS: usize = 256;
+/// Channels whose per-channel bounds are checked after each step: the newest ones (all of
+/// them at the end).
+const CHANNELS_CHECKED_PER_STEP: usize = 16;
 /// What the close at the end of the input waits for close-ok.
 const FINAL_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -442,10 +449,28 @@ impl Harness {
         );
         let summary = &mut self.ledger.summary;
         summary.max_pending_transmit = summary.max_pending_transmit.max(pending as u64);
+        self.check_channels(CHANNELS_CHECKED_PER_STEP);
         if self.conn.is_closed() {
             let closed_total = *self.closed_total.get_or_insert(total);
             assert!(total <= closed_total, "the client queued bytes after it closed");
             assert_eq!(self.conn.poll_timeout(), None, "a closed connection has no deadline");
+        }
+    }
+
+    /// What the state machine holds per channel stays within its own bounds, for the
+    /// `newest` channels opened.
+    fn check_channels(&self, newest: usize) {
+        let max = match self.conn.tuning().channel_max {
+            0 => usize::from(u16::MAX),
+            n => usize::from(n),
+        };
+        assert!(self.conn.channel_count() <= max, "{} channels open, channel_max {max}", self.conn.channel_count());
+        for key in self.keys.iter().rev().take(newest) {
+            let kept = self.conn.unmatched_returns(*key);
+            assert!(kept <= MAX_UNMATCHED_RETURNS, "{key:?} keeps {kept} unmatched returns");
+            let unconfirmed = self.conn.unconfirmed(*key) as u64;
+            let waiting = self.ledger.confirms_waiting(*key);
+            assert!(unconfirmed <= waiting, "{key:?}: {unconfirmed} unconfirmed, {waiting} confirm tokens out");
         }
     }
 
@@ -474,6 +499,7 @@ impl Harness {
         self.check_step();
         self.transmit(true);
         self.events(usize::MAX);
+        self.check_channels(usize::MAX);
         self.ledger.check_settled();
         if !self.dropped {
             assert_eq!(self.wire.leftover(), 0, "the client's output ends inside a frame");

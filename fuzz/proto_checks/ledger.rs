@@ -79,8 +79,8 @@ pub(crate) struct Ledger {
     next: u64,
     /// Reply tokens not answered yet, with what may answer them.
     replies: HashMap<u64, Answer>,
-    /// Confirm tokens not answered yet: were they published mandatory?
-    confirms: HashMap<u64, bool>,
+    /// Confirm tokens not answered yet: their channel, and were they published mandatory?
+    confirms: HashMap<u64, (ChannelKey, bool)>,
     channels: HashMap<u64, OpenedChannel>,
     consumers: HashMap<u64, Consumer>,
     /// The consumer of each consume call not answered yet, and the tag it asked for.
@@ -120,8 +120,13 @@ impl Ledger {
 
     /// A publish with a confirm token was taken with delivery tag `tag`.
     pub(crate) fn confirm_taken(&mut self, token: u64, key: ChannelKey, tag: u64, mandatory: bool) {
-        self.confirms.insert(token, mandatory);
+        self.confirms.insert(token, (key, mandatory));
         self.publish_tag(key, tag);
+    }
+
+    /// Confirm tokens of `key`'s publishes not answered yet.
+    pub(crate) fn confirms_waiting(&self, key: ChannelKey) -> u64 {
+        self.confirms.values().filter(|(k, _)| *k == key).count() as u64
     }
 
     /// Delivery tags of one channel incarnation only grow.
@@ -205,7 +210,8 @@ impl Ledger {
     }
 
     fn confirm(&mut self, token: u64, result: Result<Confirmation, lepus::Error>) {
-        let mandatory = self.confirms.remove(&token).unwrap_or_else(|| panic!("confirm token {token} answered twice"));
+        let (_, mandatory) =
+            self.confirms.remove(&token).unwrap_or_else(|| panic!("confirm token {token} answered twice"));
         match result {
             Ok(Confirmation::Ack) => self.summary.acks += 1,
             Ok(Confirmation::Nack) => self.summary.nacks += 1,

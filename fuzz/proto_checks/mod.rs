@@ -31,8 +31,10 @@
 //!   (`pending_transmit()`) are at most `8 + 512 × units + supplied`, where a unit is a
 //!   step or a frame from the broker and `supplied` counts the bytes the application
 //!   handed in (methods as encoded, publishes, secrets); events polled so far are at most
-//!   `2 × (units + 1)` (so are those waiting, which `max_queued_events` records); the fuzz
-//!   target runs under `-rss_limit_mb=256`;
+//!   `2 × (units + 1)` (so are those waiting, which `max_queued_events` records); no more
+//!   channels are open than `channel_max`, no channel keeps more than 256 unmatched returns
+//!   (the state machine's own cap) or more unconfirmed publishes than confirm tokens out;
+//!   the fuzz target runs under `-rss_limit_mb=256`;
 //! - everything the client writes is the protocol header and then valid frames
 //!   (`decode_frame`), none over the negotiated `frame_max`, none on a channel it has not
 //!   opened (within `channel_max`) or has closed; the output ends on a frame boundary
