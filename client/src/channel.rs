@@ -259,6 +259,7 @@ impl Channel {
     pub async fn basic_consume(&self, queue: &str, options: ConsumeOptions) -> Result<Consumer, Error> {
         within(self.timeout, "basic_consume", async {
             let shared = self.shared();
+            shared.conn.wait_up().await?;
             shared.check_open()?;
             let tag = if options.consumer_tag.is_empty() {
                 short(&format!("lepus.{}", shared.conn.next_consumer_number()))?
@@ -275,7 +276,7 @@ impl Channel {
                 nowait: false,
                 arguments: options.arguments,
             };
-            let queue = DeliveryQueue::new(shared.conn.clone(), options.no_ack);
+            let queue = DeliveryQueue::new(shared.conn.clone(), options.no_ack, tag.clone(), shared.id);
             // Made before the consume is sent: if this call is abandoned, dropping it cancels
             // the consumer and returns what it was sent.
             let consumer = Consumer::new(tag, queue.clone(), self.link.clone());
@@ -357,7 +358,18 @@ impl Channel {
     fn settle(&self, method: Method) -> Result<(), Error> {
         let shared = self.shared();
         shared.check_open()?;
-        self.link.commands.send(Command::Settle { key: shared.key(), method })
+        let key = shared.key();
+        if key.epoch == 0 {
+            // The connection was lost: every tag of the lost channel is void.
+            let tag = match &method {
+                Method::BasicAck(m) => m.delivery_tag,
+                Method::BasicNack(m) => m.delivery_tag,
+                Method::BasicReject(m) => m.delivery_tag,
+                _ => 0,
+            };
+            return Err(Error::StaleDeliveryTag(tag));
+        }
+        self.link.commands.send(Command::Settle { key, method })
     }
 
     /// Redelivers every unacknowledged message of the channel.
@@ -369,6 +381,7 @@ impl Channel {
     pub async fn confirm_select(&self) -> Result<(), Error> {
         within(self.timeout, "confirm_select", async {
             let shared = self.shared();
+            shared.conn.wait_up().await?;
             shared.check_open()?;
             let (tx, rx) = oneshot::channel();
             let method = confirm::Select::default().into();

@@ -22,6 +22,7 @@ pub(crate) struct ChannelLink {
 impl ChannelLink {
     /// A synchronous call: the reply, or the error that closed the channel first.
     pub(crate) async fn call(&self, method: Method) -> Result<Reply, Error> {
+        self.shared.conn.wait_up().await?;
         self.shared.check_open()?;
         let (tx, rx) = oneshot::channel();
         self.commands.send(Command::Call { channel: self.shared.clone(), method, reply: tx })?;

@@ -17,6 +17,8 @@ use crate::{Error, ReturnedMessage, conn_shared::ConnShared, proto::ChannelKey, 
 const RETURNS_CAPACITY: usize = 256;
 
 pub(crate) struct ChannelShared {
+    /// The channel's identity across its incarnations (recovery reopens it as itself).
+    pub(crate) id: u64,
     /// The current incarnation as `epoch << 16 | id`; 0 until the driver has opened it.
     key: AtomicU64,
     pub(crate) conn: Arc<ConnShared>,
@@ -46,6 +48,7 @@ impl ChannelShared {
         let (returns_tx, returns_rx) = mpsc::channel(RETURNS_CAPACITY);
         let window = Arc::new(Semaphore::new(conn.limits.publish_window));
         Arc::new(ChannelShared {
+            id: conn.next_channel_number(),
             key: AtomicU64::new(0),
             conn,
             closed: watch::Sender::new(None),
@@ -66,6 +69,15 @@ impl ChannelShared {
         // Tags start again at 1 on a new incarnation.
         self.covered.reset();
         self.key.store(pack(key), Ordering::Release);
+    }
+
+    /// The connection was lost: no incarnation is live until recovery reopens the channel
+    /// (with the same id), so a delivery tag of the lost one is stale at once.
+    pub(crate) fn lost(&self) {
+        let id = self.key().id;
+        self.key.store(pack(ChannelKey { id, epoch: 0 }), Ordering::Release);
+        // A new channel starts with flow on.
+        self.flow.send_replace(true);
     }
 
     pub(crate) fn closed(&self, error: Error) {

@@ -40,12 +40,12 @@ pub(crate) fn client_properties(connection_name: Option<&str>) -> FieldTable {
 
 /// The state machine's configuration for these options. A vhost over 255 bytes cannot be
 /// sent; it is an error rather than a truncation that would open another vhost.
-pub(crate) fn build(options: &ConnectionOptions) -> Result<Config, crate::Error> {
+pub(crate) fn build(options: &ConnectionOptions, credentials: &crate::Credentials) -> Result<Config, crate::Error> {
     let mechanism = options.get_auth_mechanism();
     Ok(Config {
         vhost: ShortStr::try_from(options.get_vhost())?,
         mechanism: mechanism.name(),
-        sasl_response: auth::sasl_response(mechanism, options.get_credentials()),
+        sasl_response: auth::sasl_response(mechanism, credentials),
         client_properties: client_properties(options.get_connection_name()),
         channel_max: options.get_channel_max(),
         frame_max: options.get_frame_max(),

@@ -71,7 +71,8 @@ pub(crate) struct Released {
 }
 
 /// The frames of one publish: one buffer for small bodies, envelope and body slices for
-/// large ones.
+/// large ones. Cloning shares the bytes.
+#[derive(Clone)]
 pub(crate) enum PublishFrames {
     One(Bytes),
     Many(Vec<Bytes>),
@@ -107,6 +108,36 @@ impl Iterator for PublishFramesIter {
 pub(crate) struct ConfirmTx {
     pub(crate) tx: oneshot::Sender<Result<proto::Confirmation, Error>>,
     pub(crate) _permit: OwnedSemaphorePermit,
+    /// What is needed to publish it again after a recovery, when the connection's policy
+    /// republishes unconfirmed messages.
+    pub(crate) resend: Option<Resend>,
+}
+
+/// A publish kept for republishing (its frames share the caller's bytes).
+pub(crate) struct Resend {
+    pub(crate) channel: Arc<ChannelShared>,
+    pub(crate) frames: PublishFrames,
+    pub(crate) return_key: Option<ReturnKey>,
+}
+
+/// Who waits for a synchronous method's reply, and what the driver records from it.
+pub(crate) enum ReplyTo {
+    /// A handle's call. `record` holds the request when its success changes the topology
+    /// that recovery re-declares (declare, bind, delete, qos, confirm/tx select).
+    Call { tx: oneshot::Sender<CallResult>, record: Option<(Arc<ChannelShared>, Method)> },
+    /// `channel.open`: a handle's (`tx`), or recovery reopening the channel (`None`).
+    Open { tx: Option<oneshot::Sender<CallResult>>, channel: Arc<ChannelShared> },
+    /// `basic.consume`: on consume-ok the consumer is recorded for recovery.
+    Consume {
+        tx: Option<oneshot::Sender<CallResult>>,
+        channel: Arc<ChannelShared>,
+        consume: basic::Consume,
+        queue: Arc<DeliveryQueue>,
+    },
+    /// A step of a recovery's replay.
+    Replay,
+    /// Nobody waits (a close or cancel sent when a handle was dropped).
+    Nobody,
 }
 
 /// The driver's tokens: oneshot senders for replies and confirms, the channel's shared state
@@ -115,7 +146,7 @@ pub(crate) struct DriverTokens;
 
 impl Tokens for DriverTokens {
     type Channel = Arc<ChannelShared>;
-    type Reply = oneshot::Sender<CallResult>;
+    type Reply = ReplyTo;
     type Confirm = ConfirmTx;
     type Consumer = Arc<DeliveryQueue>;
 }

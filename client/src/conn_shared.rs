@@ -5,6 +5,7 @@
 //! the connection alive.
 
 use std::{
+    collections::HashMap,
     sync::{
         Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
@@ -12,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use lepus_codec::{FieldTable, ReplyCode};
+use lepus_codec::{FieldTable, ReplyCode, ShortStr};
 use tokio::sync::{Notify, Semaphore, broadcast, watch};
 
 use crate::{CloseReason, ConnectionEvent, Error, proto::Tuning};
@@ -29,6 +30,12 @@ pub(crate) struct HandleLimits {
     pub(crate) blocked_timeout: Option<Duration>,
     /// The default deadline of every call a handle makes.
     pub(crate) call_timeout: Option<Duration>,
+    /// Whether calls and publishes fail at once while recovering (else they wait).
+    pub(crate) fail_fast_while_down: bool,
+    /// How long they wait for recovery.
+    pub(crate) recovery_wait: Duration,
+    /// Whether confirmed publishes keep their frames for republishing after a recovery.
+    pub(crate) republish: bool,
     /// Bytes of publishes handed to the driver and not yet taken by it.
     pub(crate) publish_budget: usize,
     /// Bytes of deliveries waiting for the application before the socket stops being read.
@@ -60,6 +67,17 @@ pub(crate) struct ConnShared {
     pub(crate) close_signal: Notify,
     /// Numbers the consumer tags chosen by the client.
     consumers: AtomicU64,
+    /// Numbers channels (their identity across recoveries).
+    channels: AtomicU64,
+    /// `Some(cause)` while the connection is down and recovering.
+    down: watch::Sender<Option<Error>>,
+    /// Mirrors `down.is_some()` for the publish hot path.
+    is_down: AtomicBool,
+    /// Server-named queues renamed by recovery: earlier name to current.
+    renames: Mutex<HashMap<ShortStr, ShortStr>>,
+    has_renames: AtomicBool,
+    /// Completed recoveries.
+    recoveries: AtomicU64,
 }
 
 impl ConnShared {
@@ -79,6 +97,12 @@ impl ConnShared {
             close_request: Mutex::new(None),
             close_signal: Notify::new(),
             consumers: AtomicU64::new(0),
+            channels: AtomicU64::new(0),
+            down: watch::Sender::new(None),
+            is_down: AtomicBool::new(false),
+            renames: Mutex::new(HashMap::new()),
+            has_renames: AtomicBool::new(false),
+            recoveries: AtomicU64::new(0),
         }
     }
 
@@ -111,6 +135,30 @@ impl ConnShared {
         // Publishers waiting for budget fail now rather than when the socket is released.
         self.publish_budget.close();
         let _ = self.events.send(ConnectionEvent::Closed(error.clone()));
+    }
+
+    /// Sends a connection event (nobody listening is fine).
+    pub(crate) fn event(&self, event: ConnectionEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// The connection went down and recovery starts (`Some`), or it is back (`None`).
+    pub(crate) fn set_down(&self, cause: Option<Error>) {
+        let down = cause.is_some();
+        if down {
+            // A new connection starts unblocked; waiters must see the recovery instead.
+            self.blocked.send_replace(None);
+        } else {
+            self.recoveries.fetch_add(1, Ordering::Relaxed);
+        }
+        self.is_down.store(down, Ordering::Release);
+        self.down.send_replace(cause);
+    }
+
+    /// Recovery renamed server-named queues: publishes naming them follow.
+    pub(crate) fn set_renames(&self, renames: HashMap<ShortStr, ShortStr>) {
+        self.has_renames.store(!renames.is_empty(), Ordering::Release);
+        *self.renames.lock().unwrap_or_else(PoisonError::into_inner) = renames;
     }
 
     /// The driver has ended: the socket is released and every waiter answered.
@@ -185,6 +233,61 @@ impl ConnShared {
     pub(crate) fn request_close(&self, code: ReplyCode, text: &str) {
         *self.close_request.lock().unwrap_or_else(PoisonError::into_inner) = Some((code, text.to_owned()));
         self.close_signal.notify_one();
+    }
+
+    /// Waits while the connection is recovering: at once when it is up (one atomic load);
+    /// else fails fast or waits for it to come back, as the recovery options say.
+    pub(crate) async fn wait_up(&self) -> Result<(), Error> {
+        if !self.is_down.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let cause = || {
+            let cause = self.down.borrow().clone();
+            Error::Disconnected(Box::new(cause.unwrap_or_else(|| self.closed_error())))
+        };
+        if self.limits.fail_fast_while_down {
+            return Err(cause());
+        }
+        let mut down = self.down.subscribe();
+        let mut closed = self.closed.subscribe();
+        let wait = async {
+            tokio::select! {
+                _ = down.wait_for(Option::is_none) => {}
+                _ = closed.wait_for(Option::is_some) => {}
+            }
+        };
+        if tokio::time::timeout(self.limits.recovery_wait, wait).await.is_err() {
+            return Err(cause());
+        }
+        self.check_open()
+    }
+
+    /// Whether the connection is down and recovering.
+    pub(crate) fn is_down(&self) -> bool {
+        self.is_down.load(Ordering::Acquire)
+    }
+
+    /// How many times the connection recovered.
+    pub(crate) fn recoveries(&self) -> u64 {
+        self.recoveries.load(Ordering::Relaxed)
+    }
+
+    /// The current name of a queue, after recovery's renames (the name itself if none).
+    pub(crate) fn current_queue_name<'a>(&self, name: &'a str) -> std::borrow::Cow<'a, str> {
+        if !self.has_renames.load(Ordering::Acquire) {
+            return std::borrow::Cow::Borrowed(name);
+        }
+        let renames = self.renames.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = ShortStr::try_from(name).ok().and_then(|n| renames.get(&n).cloned());
+        match current.and_then(|c| c.as_str().map(str::to_owned)) {
+            Some(current) => std::borrow::Cow::Owned(current),
+            None => std::borrow::Cow::Borrowed(name),
+        }
+    }
+
+    /// A number for a channel's identity, unique on this connection.
+    pub(crate) fn next_channel_number(&self) -> u64 {
+        self.channels.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// A number for a consumer tag, unique on this connection.

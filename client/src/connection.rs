@@ -4,19 +4,18 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use lepus_codec::{FieldTable, FieldValue, ReplyCode, ShortStr};
-use tokio::{
-    net::TcpStream,
-    sync::{broadcast, mpsc, oneshot},
-};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::{
     Channel, ConnectionEvent, ConnectionOptions, Error,
     channel_shared::ChannelShared,
     command::{Command, CommandSender},
     conn_shared::{ConnShared, HandleLimits},
+    connect,
     deadline::within,
-    driver::{self, SocketControl},
-    proto::{self, Tuning},
+    driver,
+    proto::Tuning,
+    recovery::{AddressRotation, WhileDisconnected},
 };
 
 /// Bytes of publishes that may wait for the driver to take them before publishers wait.
@@ -66,44 +65,60 @@ impl Connection {
     }
 
     async fn establish(options: ConnectionOptions) -> Result<Connection, Error> {
-        let host = options.get_host().to_owned();
-        let tcp = TcpStream::connect((host.as_str(), options.get_port())).await?;
-        tcp.set_nodelay(true)?;
-        let socket = SocketControl::for_tcp(&tcp);
-        let config = crate::client_config::build(&options)?;
+        // The first connection tries each address once, in the configured order.
+        let addresses = options.get_addresses();
+        let mut rotation =
+            AddressRotation::new(addresses, options.get_address_order(), crate::recovery::backoff::seed());
+        let mut last = None;
+        let mut opened = None;
+        for _ in 0..rotation.len() {
+            let Some(address) = rotation.next() else { break };
+            match connect::open(&address, &options).await {
+                Ok(socket) => {
+                    opened = Some((socket, address));
+                    break;
+                }
+                Err(e) => {
+                    tracing::info!(%address, error = %e, "could not connect");
+                    last = Some(e);
+                }
+            }
+        }
+        let Some((opened, address)) = opened else {
+            return Err(last.unwrap_or(Error::Timeout("connecting: no address to try")));
+        };
+        let proto = connect::state_machine(&options).await?;
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        let recovery = options.get_recovery();
         let shared = Arc::new(ConnShared::new(HandleLimits {
             publish_window: options.get_publish_window().max(1),
             blocked_timeout: options.get_blocked_publish_timeout(),
             call_timeout: options.get_call_timeout(),
+            fail_fast_while_down: recovery.get_while_disconnected() == WhileDisconnected::FailFast,
+            recovery_wait: recovery.wait_timeout,
+            republish: recovery.is_enabled() && recovery.republish_unconfirmed,
             publish_budget: PUBLISH_BUDGET,
             max_unread: options.get_max_unread_bytes(),
         }));
         let (connected_tx, connected_rx) = oneshot::channel();
+        tracing::debug!(%address, "connected the socket; starting the handshake");
         let setup = driver::Setup {
-            proto: proto::Connection::new(config, std::time::Instant::now()),
+            options,
+            proto,
+            opened,
+            address: address.clone(),
+            rotation,
             commands: commands_rx,
             shared: shared.clone(),
             connected: connected_tx,
-            tls: options.get_tls().is_some(),
-            socket,
-            close_timeout: options.get_close_timeout(),
         };
-        match options.get_tls() {
-            Some(tls) => {
-                let stream = crate::tls::connect(tcp, &host, tls).await?;
-                tokio::spawn(driver::run(stream, setup));
-            }
-            None => {
-                tokio::spawn(driver::run(tcp, setup));
-            }
-        }
+        tokio::spawn(driver::run(setup));
         // From here, dropping `commands` (this future abandoned, or the handshake failed)
         // is what tells the driver to close.
         let commands = CommandSender::new(commands_tx, shared.clone());
         match connected_rx.await {
             Ok(Ok(())) => {
-                tracing::info!(host = %host, port = options.get_port(), "connected");
+                tracing::info!(%address, "connected");
                 let timeout = shared.limits.call_timeout;
                 Ok(Connection { shared, commands, timeout })
             }
@@ -122,6 +137,7 @@ impl Connection {
     /// Opens a channel. Its calls get this handle's deadline.
     pub async fn open_channel(&self) -> Result<Channel, Error> {
         within(self.timeout, "opening a channel", async {
+            self.shared.wait_up().await?;
             self.shared.check_open()?;
             let shared = ChannelShared::new(self.shared.clone());
             let (tx, rx) = oneshot::channel();
@@ -157,9 +173,20 @@ impl Connection {
         within(self.timeout, "closing the connection", async { rx.await.unwrap_or(Ok(())) }).await
     }
 
-    /// True until the connection starts closing or fails.
+    /// True until the connection closes for good (also while it is recovering: see
+    /// [`Connection::is_recovering`]).
     pub fn is_open(&self) -> bool {
         self.shared.check_open().is_ok()
+    }
+
+    /// True while the connection is down and being recovered.
+    pub fn is_recovering(&self) -> bool {
+        self.shared.is_down()
+    }
+
+    /// How many times the connection was lost and recovered.
+    pub fn recoveries(&self) -> u64 {
+        self.shared.recoveries()
     }
 
     /// The error the connection closed with, once it has.
@@ -211,6 +238,7 @@ impl Connection {
     pub async fn update_secret(&self, secret: impl Into<Bytes>, reason: &str) -> Result<(), Error> {
         let secret = secret.into();
         within(self.timeout, "updating the secret", async {
+            self.shared.wait_up().await?;
             let (tx, rx) = oneshot::channel();
             self.commands.send(Command::UpdateSecret { secret, reason: reason.to_owned(), reply: tx })?;
             rx.await.map_err(|_| self.shared.closed_error())?.map(|_| ())

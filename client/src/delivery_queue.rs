@@ -12,6 +12,8 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
+use lepus_codec::ShortStr;
+
 use crate::{Error, conn_shared::ConnShared, proto};
 
 /// What a consumer receives: a delivery, or a message it could not be given (e.g. over the
@@ -56,6 +58,10 @@ pub(crate) struct DeliveryQueue {
     inner: Mutex<Inner>,
     conn: Arc<ConnShared>,
     pub(crate) no_ack: bool,
+    /// The consumer's tag (chosen before consume is sent).
+    pub(crate) tag: ShortStr,
+    /// The channel it consumes on (its identity, see `ChannelShared::id`).
+    pub(crate) channel_id: u64,
 }
 
 /// What a delivery counts for in the unread total, whatever its body size: the struct itself
@@ -67,7 +73,7 @@ fn cost(item: &DeliveryItem) -> usize {
 }
 
 impl DeliveryQueue {
-    pub(crate) fn new(conn: Arc<ConnShared>, no_ack: bool) -> Arc<Self> {
+    pub(crate) fn new(conn: Arc<ConnShared>, no_ack: bool, tag: ShortStr, channel_id: u64) -> Arc<Self> {
         Arc::new(DeliveryQueue {
             inner: Mutex::new(Inner {
                 items: VecDeque::new(),
@@ -79,6 +85,8 @@ impl DeliveryQueue {
             }),
             conn,
             no_ack,
+            tag,
+            channel_id,
         })
     }
 
@@ -112,6 +120,12 @@ impl DeliveryQueue {
             inner.end = reason.map_or(End::Cancelled, End::Failed);
         }
         inner.waker.take()
+    }
+
+    /// Whether the consumer still runs (not ended, not dropped).
+    pub(crate) fn is_running(&self) -> bool {
+        let inner = self.lock();
+        !inner.dropped && matches!(inner.end, End::Running)
     }
 
     /// Marks a cancel as sent; false if one was already.

@@ -114,6 +114,24 @@ pub enum Error {
     /// the close timeout, or the socket failed first). The connection is closed either way.
     #[error("the close was not confirmed by the broker: {0}")]
     CloseNotConfirmed(String),
+    /// The connection was lost before this completed (a publish awaiting its confirm, a call
+    /// awaiting its reply): whether the broker acted on it cannot be known. With recovery on,
+    /// the connection itself comes back; this operation does not.
+    #[error("connection lost, outcome unknown: {0}")]
+    ConnectionLost(Box<Error>),
+    /// The connection is down and recovering: nothing was sent. (Recovery set to fail fast,
+    /// or the wait for the connection to come back timed out.)
+    #[error("disconnected, recovering: {0}")]
+    Disconnected(Box<Error>),
+    /// Automatic recovery gave up: the attempts or time allowed ran out, or the last error
+    /// is one that reconnecting cannot fix (see [`Error::is_recoverable`]).
+    #[error("connection recovery gave up after {attempts} attempts: {last}")]
+    RecoveryFailed {
+        /// Reconnection attempts made.
+        attempts: u32,
+        /// The error that ended the last attempt (or the connection).
+        last: Box<Error>,
+    },
     /// An operation did not complete in time.
     #[error("timed out: {0}")]
     Timeout(&'static str),
@@ -147,6 +165,41 @@ impl From<crate::tls::TlsError> for Error {
 }
 
 impl Error {
+    /// Whether reconnecting may fix what this error ended: the network or the broker went
+    /// away (I/O errors, end of file, missed heartbeats, a timeout), or the broker closed the
+    /// connection for a reason of its own (320 `CONNECTION_FORCED` from `stop_app` or
+    /// `close_connection`, 541 `INTERNAL_ERROR`, ...).
+    ///
+    /// Not recoverable, because a new connection would fail the same way or because someone
+    /// chose it: a close by this application; refused credentials (403) and an unknown or
+    /// forbidden vhost (530) — retried only a few times, for a credentials provider to
+    /// refresh a token; protocol and syntax errors (501, 502, 503, 505, a broker that sent
+    /// bytes we cannot decode), which would only repeat; an unacceptable tuning or SASL
+    /// mechanism; TLS certificate and configuration errors.
+    pub fn is_recoverable(&self) -> bool {
+        match self {
+            Error::Io(_) | Error::MissedHeartbeats(_) | Error::Timeout(_) | Error::ConnectionLost(_) => true,
+            Error::Disconnected(e) => e.is_recoverable(),
+            Error::ConnectionClosed(r) => {
+                r.initiator == Initiator::Server
+                    && !matches!(
+                        r.reply_code,
+                        ReplyCode::ACCESS_REFUSED
+                            | ReplyCode::INVALID_PATH
+                            | ReplyCode::NOT_ALLOWED
+                            | ReplyCode::FRAME_ERROR
+                            | ReplyCode::SYNTAX_ERROR
+                            | ReplyCode::COMMAND_INVALID
+                            | ReplyCode::CHANNEL_ERROR
+                            | ReplyCode::UNEXPECTED_FRAME
+                            | ReplyCode::NOT_IMPLEMENTED
+                    )
+            }
+            Error::Tls(e) => matches!(**e, crate::tls::TlsError::Io(_) | crate::tls::TlsError::ClosedAfterHandshake(_)),
+            _ => false,
+        }
+    }
+
     /// The AMQP reply code, where the error has one.
     pub fn reply_code(&self) -> Option<ReplyCode> {
         match self {

@@ -23,6 +23,7 @@ use std::time::Duration;
 use lepus_codec::Limits;
 
 use crate::auth::{AuthMechanism, Credentials, Password};
+use crate::recovery::{Address, AddressOrder, CredentialsProvider, RecoveryOptions};
 use crate::tls::TlsOptions;
 use crate::uri::{AMQP_PORT, AMQPS_PORT, DEFAULT_VHOST, ParsedUri, UriError};
 
@@ -33,7 +34,7 @@ use crate::uri::{AMQP_PORT, AMQPS_PORT, DEFAULT_VHOST, ParsedUri, UriError};
 /// `Debug` and `Display` never show the password. `Display` is the URI form: the
 /// URI-expressible settings that differ from the defaults (not TLS details, the message
 /// size cap, the publish window or the blocked-publish timeout).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnectionOptions {
     // The fields are crate-visible for the driver; users go through the getters, so that
     // the representation can change.
@@ -55,6 +56,39 @@ pub struct ConnectionOptions {
     pub(crate) call_timeout: Option<Duration>,
     pub(crate) close_timeout: Duration,
     pub(crate) max_unread_bytes: usize,
+    /// Addresses after the first (`host`, `port`).
+    pub(crate) more_addresses: Vec<Address>,
+    pub(crate) address_order: AddressOrder,
+    pub(crate) recovery: RecoveryOptions,
+    pub(crate) credentials_provider: Option<CredentialsProvider>,
+}
+
+impl fmt::Debug for ConnectionOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionOptions")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("more_addresses", &self.more_addresses)
+            .field("address_order", &self.address_order)
+            .field("credentials", &self.credentials)
+            .field("credentials_provider", &self.credentials_provider.is_some())
+            .field("vhost", &self.vhost)
+            .field("heartbeat", &self.heartbeat)
+            .field("frame_max", &self.frame_max)
+            .field("channel_max", &self.channel_max)
+            .field("connection_timeout", &self.connection_timeout)
+            .field("auth_mechanism", &self.auth_mechanism)
+            .field("connection_name", &self.connection_name)
+            .field("tls", &self.tls)
+            .field("max_message_size", &self.max_message_size)
+            .field("publish_window", &self.publish_window)
+            .field("blocked_publish_timeout", &self.blocked_publish_timeout)
+            .field("call_timeout", &self.call_timeout)
+            .field("close_timeout", &self.close_timeout)
+            .field("max_unread_bytes", &self.max_unread_bytes)
+            .field("recovery", &self.recovery)
+            .finish()
+    }
 }
 
 impl ConnectionOptions {
@@ -105,6 +139,10 @@ impl ConnectionOptions {
             call_timeout: None,
             close_timeout: Self::DEFAULT_CLOSE_TIMEOUT,
             max_unread_bytes: Self::DEFAULT_MAX_UNREAD_BYTES,
+            more_addresses: Vec::new(),
+            address_order: AddressOrder::InOrder,
+            recovery: RecoveryOptions::new(),
+            credentials_provider: None,
         }
     }
 
@@ -148,7 +186,75 @@ impl ConnectionOptions {
         opts.connection_timeout = parsed.connection_timeout.unwrap_or(opts.connection_timeout);
         opts.auth_mechanism = parsed.auth_mechanism.unwrap_or(opts.auth_mechanism);
         opts.connection_name = parsed.connection_name;
+        opts.more_addresses = parsed.more_addresses;
         Ok(opts)
+    }
+
+    /// Options from several URIs naming the nodes of one cluster: the settings come from the
+    /// first, the addresses from all (each URI's host and port, and its further addresses).
+    ///
+    /// ```
+    /// use lepus::options::ConnectionOptions;
+    /// let opts = ConnectionOptions::from_uris(&["amqp://app:pw@node1:5672/orders", "amqp://node2:5673"])?;
+    /// let ports: Vec<u16> = opts.get_addresses().iter().map(|a| a.port).collect();
+    /// assert_eq!(ports, [5672, 5673]);
+    /// # Ok::<(), lepus::uri::UriError>(())
+    /// ```
+    pub fn from_uris(uris: &[&str]) -> Result<Self, UriError> {
+        let Some((first, rest)) = uris.split_first() else { return Err(UriError::MissingScheme) };
+        let mut opts = Self::from_uri(first)?;
+        for uri in rest {
+            let parsed = ParsedUri::parse(uri)?;
+            let host = parsed.host.unwrap_or_else(|| Self::DEFAULT_HOST.to_owned());
+            opts.more_addresses.push(Address { host, port: parsed.port });
+            opts.more_addresses.extend(parsed.more_addresses);
+        }
+        Ok(opts)
+    }
+
+    /// Further broker addresses after the first ([`ConnectionOptions::host`] and
+    /// [`ConnectionOptions::port`]), e.g. the other nodes of a cluster. Connecting and
+    /// recovering try them in turn (see [`ConnectionOptions::address_order`]).
+    #[must_use]
+    pub fn more_addresses(mut self, addresses: impl IntoIterator<Item = Address>) -> Self {
+        self.more_addresses = addresses.into_iter().collect();
+        self
+    }
+
+    /// The order the addresses are tried in (in the order given, by default).
+    #[must_use]
+    pub fn address_order(mut self, order: AddressOrder) -> Self {
+        self.address_order = order;
+        self
+    }
+
+    /// How the connection recovers (on by default; see [`RecoveryOptions`]).
+    #[must_use]
+    pub fn recovery(mut self, recovery: RecoveryOptions) -> Self {
+        self.recovery = recovery;
+        self
+    }
+
+    /// Called at each connect and reconnect for the credentials to log in with (instead of
+    /// [`ConnectionOptions::credentials`]), so a refreshed token or a rotated password is
+    /// used. On a live connection, [`crate::Connection::update_secret`] replaces the secret.
+    ///
+    /// ```
+    /// use lepus::{Credentials, options::ConnectionOptions};
+    /// let opts = ConnectionOptions::new().credentials_provider(|| async {
+    ///     // e.g. fetch a fresh OAuth 2 token here
+    ///     Ok(Credentials::new("app", "fresh-token"))
+    /// });
+    /// # let _ = opts;
+    /// ```
+    #[must_use]
+    pub fn credentials_provider<F, Fut>(mut self, provider: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Credentials, crate::Error>> + Send + 'static,
+    {
+        self.credentials_provider = Some(std::sync::Arc::new(move || Box::pin(provider())));
+        self
     }
 
     /// The host to connect to: a DNS name or an IP address (IPv6 without brackets).
@@ -378,6 +484,28 @@ impl ConnectionOptions {
         self.max_unread_bytes
     }
 
+    /// Every address, the first one (host and port) first.
+    pub fn get_addresses(&self) -> Vec<Address> {
+        let mut all = vec![Address { host: self.host.clone(), port: self.get_port() }];
+        all.extend(self.more_addresses.iter().cloned());
+        all
+    }
+
+    /// The order the addresses are tried in.
+    pub fn get_address_order(&self) -> AddressOrder {
+        self.address_order
+    }
+
+    /// How the connection recovers.
+    pub fn get_recovery(&self) -> &RecoveryOptions {
+        &self.recovery
+    }
+
+    /// The credentials provider, if one is set.
+    pub fn get_credentials_provider(&self) -> Option<&CredentialsProvider> {
+        self.credentials_provider.as_ref()
+    }
+
     /// The URI form, as a [`ParsedUri`] with the settings that differ from the defaults.
     fn to_parsed_uri(&self) -> ParsedUri {
         fn differs<T: PartialEq>(value: T, default: &T) -> Option<T> {
@@ -391,6 +519,7 @@ impl ConnectionOptions {
             host: Some(self.host.clone()),
             port: self.get_port(),
             vhost: self.vhost.clone(),
+            more_addresses: self.more_addresses.clone(),
             heartbeat: differs(self.heartbeat, &defaults.heartbeat),
             frame_max: differs(self.frame_max, &defaults.frame_max),
             channel_max: differs(self.channel_max, &defaults.channel_max),

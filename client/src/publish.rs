@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use crate::{
     Channel, Error, PublishOptions, PublisherConfirm,
     channel_shared::ChannelShared,
-    command::{Command, ConfirmTx, PublishFrames},
+    command::{Command, ConfirmTx, PublishFrames, Resend},
     connection::short,
     deadline::within,
     proto::ReturnKey,
@@ -56,10 +56,19 @@ impl Channel {
         let shared = self.shared();
         shared.check_open()?;
         wait_publishable(shared).await?;
+        // A server-named queue that recovery renamed is reached by its old name too.
+        let routing_key =
+            if exchange.is_empty() { shared.conn.current_queue_name(routing_key) } else { routing_key.into() };
+        let mut options = options;
+        if let Some(reply_to) = options.properties.reply_to.as_ref().and_then(|r| r.as_str())
+            && let std::borrow::Cow::Owned(current) = shared.conn.current_queue_name(reply_to)
+        {
+            options.properties.reply_to = Some(short(&current)?);
+        }
         let publish = basic::Publish {
             ticket: 0,
             exchange: short(exchange)?,
-            routing_key: short(routing_key)?,
+            routing_key: short(&routing_key)?,
             mandatory: options.mandatory,
             immediate: false,
         };
@@ -91,7 +100,12 @@ impl Channel {
                 body_size: body.len() as u64,
             });
             let (tx, rx) = oneshot::channel();
-            Some((ConfirmTx { tx, _permit: permit }, return_key, rx))
+            let resend = shared.conn.limits.republish.then(|| Resend {
+                channel: self.link.shared.clone(),
+                frames: frames.clone(),
+                return_key: return_key.clone(),
+            });
+            Some((ConfirmTx { tx, _permit: permit, resend }, return_key, rx))
         } else {
             None
         };
@@ -116,6 +130,7 @@ impl Channel {
 /// costs two watch reads and no subscription; a wait ends when the block lifts, or when the
 /// channel or the connection closes (which then is the error).
 async fn wait_publishable(shared: &ChannelShared) -> Result<(), Error> {
+    shared.conn.wait_up().await?;
     if shared.conn.is_blocked() {
         let mut blocked = shared.conn.blocked_rx();
         let mut closed = shared.closed_rx();

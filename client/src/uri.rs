@@ -66,6 +66,9 @@ pub struct ParsedUri {
     pub port: u16,
     /// The vhost, decoded: `/` without a path, `""` for a bare `/`.
     pub vhost: String,
+    /// Further addresses after the first (`amqp://h1:5672,h2:5673/vhost`), tried in turn
+    /// when connecting and recovering; each port defaults like the first one's.
+    pub more_addresses: Vec<crate::recovery::Address>,
     /// `heartbeat`: the heartbeat interval to ask for, in seconds (0 disables).
     pub heartbeat: Option<u16>,
     /// `frame_max`: the largest frame to ask for, in bytes (0 for no limit).
@@ -136,17 +139,22 @@ impl ParsedUri {
             }
         };
 
-        let (host, port) = split_host_port(hostport)?;
-        let port = match port {
-            None | Some("") => {
-                if tls {
-                    AMQPS_PORT
-                } else {
-                    AMQP_PORT
-                }
-            }
-            Some(port) => parse_port(port, userinfo.is_some())?,
+        let default_port = if tls { AMQPS_PORT } else { AMQP_PORT };
+        let port_of = |port: Option<&str>| match port {
+            None | Some("") => Ok(default_port),
+            Some(port) => parse_port(port, userinfo.is_some()),
         };
+        let mut hostports = hostport.split(',');
+        let (host, port) = split_host_port(hostports.next().unwrap_or_default())?;
+        let port = port_of(port)?;
+        let mut more_addresses = Vec::new();
+        for other in hostports {
+            let (other_host, other_port) = split_host_port(other)?;
+            let Some(other_host) = other_host else {
+                return Err(UriError::Host { value: String::new(), reason: "empty host in the address list" });
+            };
+            more_addresses.push(crate::recovery::Address { host: other_host, port: port_of(other_port)? });
+        }
 
         let (path, query) = match after.split_once('?') {
             Some((path, query)) => (path, Some(query)),
@@ -168,6 +176,7 @@ impl ParsedUri {
             host,
             port,
             vhost,
+            more_addresses,
             heartbeat: None,
             frame_max: None,
             channel_max: None,
@@ -242,6 +251,11 @@ impl fmt::Display for ParsedUri {
             push_host(&mut out, host);
         }
         let _ = write!(out, ":{}", self.port);
+        for other in &self.more_addresses {
+            out.push(',');
+            push_host(&mut out, &other.host);
+            let _ = write!(out, ":{}", other.port);
+        }
         if self.vhost != DEFAULT_VHOST {
             out.push('/');
             encode_into(&mut out, &self.vhost);

@@ -164,6 +164,12 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) json: bool,
 
+    /// Let lepus recover lost connections (reconnect and re-declare) instead of ending the
+    /// run with the error. Off by default: a throughput run should report a broker that
+    /// dropped it, not measure across the gap.
+    #[arg(long)]
+    pub(crate) recover: bool,
+
     /// The parsed --uri values, in the order given.
     #[arg(skip)]
     pub(crate) brokers: Vec<Broker>,
@@ -234,7 +240,7 @@ impl Args {
         T: Into<OsString> + Clone,
     {
         let mut args = Args::try_parse_from(argv)?;
-        args.brokers = parse_uris(&args.uris)?;
+        args.brokers = parse_uris(&args.uris, args.recover)?;
         Ok(args)
     }
 
@@ -288,7 +294,7 @@ impl Args {
 
 /// Parses every URI; the error names the URI by position, not by text, because the text
 /// may carry a password.
-fn parse_uris(uris: &[String]) -> Result<Vec<Broker>, clap::Error> {
+fn parse_uris(uris: &[String], recover: bool) -> Result<Vec<Broker>, clap::Error> {
     let mut brokers = Vec::with_capacity(uris.len());
     for (i, uri) in uris.iter().enumerate() {
         let uri = uri.trim();
@@ -296,7 +302,10 @@ fn parse_uris(uris: &[String]) -> Result<Vec<Broker>, clap::Error> {
             return Err(Args::command().error(ErrorKind::InvalidValue, format!("--uri #{}: empty URI", i + 1)));
         }
         match ConnectionOptions::from_uri(uri) {
-            Ok(options) => brokers.push(Broker { options }),
+            Ok(options) => {
+                let options = if recover { options } else { options.recovery(lepus::RecoveryOptions::disabled()) };
+                brokers.push(Broker { options });
+            }
             Err(e) => {
                 return Err(Args::command().error(ErrorKind::InvalidValue, format!("--uri #{}: {e}", i + 1)));
             }

@@ -228,8 +228,15 @@ fn record(errors: &Mutex<Vec<String>>, index: usize, e: &io::Error) {
 
 /// Connection options for a fake or proxy listening on `addr`: guest/guest, a 5 s
 /// connection timeout.
+///
+/// Automatic recovery is off: the fault tests check what a connection does when it ends.
+/// Recovery tests turn it on with [`ConnectionOptions::recovery`].
 pub fn options_for(addr: SocketAddr) -> ConnectionOptions {
-    ConnectionOptions::new().host(addr.ip().to_string()).port(addr.port()).connection_timeout(Duration::from_secs(5))
+    ConnectionOptions::new()
+        .host(addr.ip().to_string())
+        .port(addr.port())
+        .connection_timeout(Duration::from_secs(5))
+        .recovery(lepus::RecoveryOptions::disabled())
 }
 
 /// A started one-connection fake broker. Dropping it aborts the script.

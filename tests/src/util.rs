@@ -31,12 +31,15 @@ pub fn unique(name: &str) -> String {
     format!("lepus.test.{name}.{}.{nanos}", std::process::id())
 }
 
-/// Connection options for the test broker ([`url`]).
+/// Connection options for the test broker ([`url`]), with automatic recovery off: these
+/// suites check what a connection does when it ends; the recovery suites turn it on.
 ///
 /// # Panics
 /// If [`url`] is not a valid AMQP URI.
 pub fn options() -> ConnectionOptions {
-    ConnectionOptions::from_uri(&url()).expect("AMQP_URL is a valid AMQP URI")
+    ConnectionOptions::from_uri(&url())
+        .expect("AMQP_URL is a valid AMQP URI")
+        .recovery(lepus::RecoveryOptions::disabled())
 }
 
 /// Connects to the test broker.

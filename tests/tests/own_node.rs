@@ -122,9 +122,13 @@ impl Ctx {
             .connection_timeout(Duration::from_secs(10))
     }
 
-    /// Plain AMQP as guest to the node.
+    /// Plain AMQP as guest to the node, recovery off (these steps check how a connection
+    /// ends; tests/tests/recovery_*.rs check how it comes back).
     fn plain(&self) -> ConnectionOptions {
-        ConnectionOptions::from_uri(&self.node.amqp_url()).unwrap().connection_timeout(Duration::from_secs(10))
+        ConnectionOptions::from_uri(&self.node.amqp_url())
+            .unwrap()
+            .connection_timeout(Duration::from_secs(10))
+            .recovery(lepus::RecoveryOptions::disabled())
     }
 
     /// `rabbitmqctl -n NODE args...`, failing the step if it fails.

@@ -1,28 +1,62 @@
-//! Applying the handles' commands to the state machine.
+//! Applying the handles' commands to the state machine, or holding them back while a
+//! recovery's replay runs.
 
 use std::{sync::Arc, time::Instant};
 
-use lepus_codec::method::{basic, channel as chan};
-use tokio::sync::oneshot;
+use lepus_codec::{
+    Method,
+    method::{basic, channel as chan},
+};
 
 use super::{Driver, Proto};
 use crate::{
-    command::{Command, Released},
+    command::{Command, ReplyTo},
     delivery_queue::{DeliveryItem, DeliveryQueue},
 };
 
 impl Driver {
-    pub(super) fn command(&mut self, proto: &mut Proto, cmd: Command, now: Instant) {
+    /// A command from a handle. While the connection is down or a replay runs, everything
+    /// that touches channels waits (in order) until the replay is done; a close is applied
+    /// at once, and a settlement too (its tag is either still valid, or stale and refused).
+    pub(super) fn command(&mut self, cmd: Command, now: Instant) {
+        let holding = self.recovery.is_some() || self.replay.is_some();
+        if holding && !matches!(cmd, Command::Close { .. } | Command::Settle { .. }) {
+            self.parked.push_back(cmd);
+            return;
+        }
+        self.apply(cmd, now);
+    }
+
+    pub(super) fn apply(&mut self, cmd: Command, now: Instant) {
+        let proto = &mut self.proto;
         match cmd {
-            Command::OpenChannel { channel, reply } => match proto.open_channel(reply, channel.clone()) {
-                Ok(key) => channel.set_key(key),
-                Err((e, reply, channel)) => {
-                    channel.closed(e.clone());
-                    let _ = reply.send(Err(e));
+            Command::OpenChannel { channel, reply } => {
+                let token = ReplyTo::Open { tx: Some(reply), channel: channel.clone() };
+                match proto.open_channel(token, channel.clone()) {
+                    Ok(key) => channel.set_key(key),
+                    Err((e, token, channel)) => {
+                        channel.closed(e.clone());
+                        if let ReplyTo::Open { tx: Some(tx), .. } = token {
+                            let _ = tx.send(Err(e));
+                        }
+                    }
                 }
-            },
-            Command::Call { channel, method, reply } => proto.call(channel.key(), method, reply),
-            Command::Consume { channel, consume, reply, queue } => proto.consume(channel.key(), consume, reply, queue),
+            }
+            Command::Call { channel, mut method, reply } => {
+                self.topology.translate(&mut method);
+                let record = records(&method).then(|| (channel.clone(), method.clone()));
+                proto.call(channel.key(), method, ReplyTo::Call { tx: reply, record });
+            }
+            Command::Consume { channel, mut consume, reply, queue } => {
+                consume.queue = self.topology.current(&consume.queue);
+                let token = ReplyTo::Consume {
+                    tx: Some(reply),
+                    channel: channel.clone(),
+                    consume: consume.clone(),
+                    queue: queue.clone(),
+                };
+                proto.consume(channel.key(), consume, token, queue);
+            }
             Command::Settle { key, method } => {
                 if let Err(e) = proto.send(key, method) {
                     tracing::debug!(error = %e, "settlement not sent: its channel is gone");
@@ -34,31 +68,51 @@ impl Driver {
                     let _ = token.tx.send(Err(e));
                 }
             }
-            Command::UpdateSecret { secret, reason, reply } => proto.update_secret(secret, &reason, reply),
+            Command::UpdateSecret { secret, reason, reply } => {
+                proto.update_secret(secret, &reason, ReplyTo::Call { tx: reply, record: None });
+            }
             Command::Close { code, text, done } => {
+                self.closing = true;
                 self.close_waiters.push(done);
-                proto.close(now, code, &text, Some(self.close_timeout));
+                proto.close(now, code, &text, Some(self.options.get_close_timeout()));
             }
             Command::ChannelDropped { channel } => {
-                let (tx, _rx) = oneshot::channel();
-                proto.call(channel.key(), chan::Close::default().into(), tx);
+                proto.call(channel.key(), chan::Close::default().into(), ReplyTo::Nobody);
             }
-            Command::ConsumerDropped(released) => release(proto, released),
+            Command::ConsumerDropped(released) => {
+                let crate::command::Released { queue, channel, tag, items, cancel } = released;
+                for item in items {
+                    give_back(proto, &queue, item);
+                }
+                self.topology.consumer_ended(channel.id, &tag);
+                if cancel {
+                    proto.call(
+                        channel.key(),
+                        basic::Cancel { consumer_tag: tag, nowait: false }.into(),
+                        ReplyTo::Nobody,
+                    );
+                }
+            }
         }
     }
 }
 
-/// A dropped consumer: what it had not read goes back to the queue now (not when the
-/// channel closes, which may be never while other handles keep it open), and it is cancelled.
-fn release(proto: &mut Proto, released: Released) {
-    let Released { queue, channel, tag, items, cancel } = released;
-    for item in items {
-        give_back(proto, &queue, item);
-    }
-    if cancel {
-        let (tx, _rx) = oneshot::channel();
-        proto.call(channel.key(), basic::Cancel { consumer_tag: tag, nowait: false }.into(), tx);
-    }
+/// Whether a call's success changes what recovery re-declares.
+fn records(method: &Method) -> bool {
+    matches!(
+        method,
+        Method::ExchangeDeclare(_)
+            | Method::ExchangeDelete(_)
+            | Method::ExchangeBind(_)
+            | Method::ExchangeUnbind(_)
+            | Method::QueueDeclare(_)
+            | Method::QueueDelete(_)
+            | Method::QueueBind(_)
+            | Method::QueueUnbind(_)
+            | Method::BasicQos(_)
+            | Method::ConfirmSelect(_)
+            | Method::TxSelect(_)
+    )
 }
 
 /// Returns a delivery nobody will read to the broker (a no-ack delivery is the broker's no

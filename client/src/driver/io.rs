@@ -109,6 +109,14 @@ pub(crate) struct SocketControl {
 }
 
 impl SocketControl {
+    /// No socket (between connections).
+    pub(crate) fn disconnected() -> Self {
+        SocketControl {
+            #[cfg(target_os = "linux")]
+            socket: None,
+        }
+    }
+
     /// Control over `tcp` (a duplicate of its descriptor; options apply to the one socket).
     pub(crate) fn for_tcp(tcp: &tokio::net::TcpStream) -> Self {
         #[cfg(target_os = "linux")]

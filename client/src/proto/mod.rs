@@ -463,6 +463,27 @@ impl<T: Tokens> Connection<T> {
         token: T::Reply,
         channel: T::Channel,
     ) -> Result<ChannelKey, (Error, T::Reply, T::Channel)> {
+        self.open_channel_inner(None, token, channel)
+    }
+
+    /// Opens a channel with id `id`, as [`Connection::open_channel`] does; fails if that id is
+    /// taken or above `channel_max`. Recovery reopens each channel with its former id, so
+    /// that frames already encoded for it stay valid.
+    pub fn open_channel_at(
+        &mut self,
+        id: u16,
+        token: T::Reply,
+        channel: T::Channel,
+    ) -> Result<ChannelKey, (Error, T::Reply, T::Channel)> {
+        self.open_channel_inner(Some(id), token, channel)
+    }
+
+    fn open_channel_inner(
+        &mut self,
+        wanted: Option<u16>,
+        token: T::Reply,
+        channel: T::Channel,
+    ) -> Result<ChannelKey, (Error, T::Reply, T::Channel)> {
         if let Err(e) = self.check_open() {
             return Err((e, token, channel));
         }
@@ -470,7 +491,14 @@ impl<T: Tokens> Connection<T> {
             0 => u16::MAX,
             n => n,
         };
-        let Some(id) = self.free_channel_id(max) else {
+        let id = match wanted {
+            None => self.free_channel_id(max),
+            Some(id) => {
+                let free = self.channels.get(usize::from(id)).is_none_or(Option::is_none);
+                (id != 0 && id <= max && free && self.open_channels < usize::from(max)).then_some(id)
+            }
+        };
+        let Some(id) = id else {
             return Err((Error::ChannelLimit(max), token, channel));
         };
         let key = ChannelKey { id, epoch: self.next_epoch };
