@@ -157,7 +157,7 @@ impl Harness {
         match op {
             Op::Raw => {}
             Op::Frame => self.frame(a, b, c, d),
-            Op::OpenChannel => self.open_channel(),
+            Op::OpenChannel => self.open_channel(a, b),
             Op::Call => self.call(a, b, c, d),
             Op::Consume => self.consume(b, c, d),
             Op::Send => self.send(a, b, c, d),
@@ -254,10 +254,38 @@ impl Harness {
         }
     }
 
-    fn open_channel(&mut self) {
+    /// `open_channel`, or for `a & 7 != 0` `open_channel_at` an id that `a` and `b` pick:
+    /// one of the client's channels (taken, or free again once it closed), any small id, the
+    /// edges of `channel_max`, 0 and `u16::MAX`.
+    fn open_channel(&mut self, a: u8, b: u8) {
+        let max = match self.conn.tuning().channel_max {
+            0 => u16::MAX,
+            n => n,
+        };
+        let wanted = match a & 7 {
+            0 => None,
+            1 => Some(if self.keys.is_empty() { 1 } else { pick(&self.keys, b).id }),
+            2 => Some(u16::from(b)),
+            3 => Some(max),
+            4 => Some(max.wrapping_add(1)),
+            5 => Some(0),
+            6 => Some(u16::MAX),
+            _ => Some(1 + u16::from(b & 3)),
+        };
+        let epoch = self.conn.next_epoch();
         let (reply, channel) = (self.ledger.token(), self.ledger.token());
-        match self.conn.open_channel(reply, channel) {
+        let opened = match wanted {
+            None => self.conn.open_channel(reply, channel),
+            Some(id) => self.conn.open_channel_at(id, reply, channel),
+        };
+        match opened {
             Ok(key) => {
+                assert_eq!(key.epoch, epoch, "a new channel takes the next epoch");
+                assert!(self.conn.next_epoch() > epoch, "next_epoch must move past a channel's");
+                assert!(key.id != 0 && key.id <= max, "channel {key:?} outside 1..={max}");
+                if let Some(id) = wanted {
+                    assert_eq!(key.id, id, "open_channel_at({id}) opened another id");
+                }
                 self.ledger.expect_reply(reply, Answer::Method(&[chan::OpenOk::ID]));
                 self.ledger.channel_opened(channel, key);
                 self.keys.push(key);

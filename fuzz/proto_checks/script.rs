@@ -76,7 +76,7 @@ pub(crate) enum Op {
     /// A frame from the broker, built from a template: `a` picks the template (see
     /// [`Inbound`]), `b` the channel, `c` and `d` are its parameters.
     Frame,
-    /// `open_channel`.
+    /// `open_channel`, or `open_channel_at` an id picked by `a` and `b` when `a & 7 != 0`.
     OpenChannel,
     /// `call`: `a` picks the method (see [`Call`]), `b` the channel, `c` flags, `d` a
     /// parameter (argument table shape, prefetch).

@@ -124,6 +124,14 @@ pub(crate) fn seeds() -> Vec<Seed> {
         },
     ];
     seeds.push(Seed {
+        name: "reopen-at",
+        bytes: reopen_at(),
+        expect: expect(|e| {
+            e.replies_ok = 4;
+            e.channels_closed = 3;
+        }),
+    });
+    seeds.push(Seed {
         name: "raw-handshake-and-delivery",
         bytes: raw_conversation(),
         expect: expect(|e| {
@@ -230,6 +238,21 @@ fn broker_closes() -> Vec<u8> {
     s.call(Call::QueueDeclare, KEY, 0, 0).frame(In::ChannelClose, CH, 4, 0).op(Op::Transmit, [0; 4]);
     s.call(Call::QueuePurge, 1, 0, 0).frame(In::Close, 0, 7, 0).op(Op::Transmit, [0; 4]);
     s.op(Op::Events, [0; 4]);
+    s.bytes().to_vec()
+}
+
+/// What recovery does on a new connection, here after the broker closed the channel:
+/// epochs continued, the channel reopened with its former id (refused while it was taken),
+/// and one more at `channel_max`.
+fn reopen_at() -> Vec<u8> {
+    let mut s = channel(RABBIT);
+    s.op(Op::OpenChannel, [1, KEY, 0, 0]).frame(In::ChannelClose, CH, 4, 0);
+    s.op(Op::Transmit, [0; 4]).op(Op::Events, [0; 4]).op(Op::ContinueEpochs, [10, 0, 0, 0]);
+    // Key 0's id (1), free again; then the third key at channel_max (2047).
+    s.op(Op::OpenChannel, [1, KEY, 0, 0]).frame(In::ChannelOpenOk, CH, 0, 0);
+    s.op(Op::OpenChannel, [3, 0, 0, 0]).frame(In::ChannelOpenOk, 3, 0, 0);
+    s.call(Call::QueueDeclare, 1, 0, 0).frame(In::QueueDeclareOk, CH, 0, 0);
+    s.op(Op::Transmit, [0; 4]).op(Op::Events, [0; 4]);
     s.bytes().to_vec()
 }
 
