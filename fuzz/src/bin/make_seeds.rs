@@ -17,7 +17,10 @@
 //! - `method`: the channel (2 bytes, big-endian), then a method frame's payload;
 //! - `field_table`: a field table's body, without its length prefix;
 //! - `content_header`: a content header frame's payload, or a frame sequence (the target
-//!   tries both readings on every input).
+//!   tries both readings on every input);
+//! - `proto`: a script for `lepus::proto::Connection` (see `proto_checks/script.rs`); its
+//!   seeds are written by `proto_checks/seeds.rs`, next to the format's reader, and
+//!   `client/tests/proto_fuzz_corpus.rs` checks that the committed ones are current.
 
 use std::{
     fs,
@@ -25,6 +28,11 @@ use std::{
     path::{Path, PathBuf},
     process::ExitCode,
 };
+
+// Only the seed scripts are used here.
+#[allow(dead_code, unused_imports)]
+#[path = "../../proto_checks/mod.rs"]
+mod proto_checks;
 
 use bytes::{Bytes, BytesMut};
 use lepus_codec::{
@@ -103,13 +111,17 @@ fn run() -> Result<()> {
     let mut method = Corpus::open("method")?;
     let mut table = Corpus::open("field_table")?;
     let mut header = Corpus::open("content_header")?;
+    let mut proto = Corpus::open("proto")?;
 
     frame_seeds(&mut frame, &golden)?;
     method_seeds(&mut method, &golden)?;
     table_seeds(&mut table, &golden)?;
     header_seeds(&mut header, &golden)?;
+    for seed in proto_checks::seeds() {
+        proto.add(seed.name, &seed.bytes)?;
+    }
 
-    for corpus in [&frame, &method, &table, &header] {
+    for corpus in [&frame, &method, &table, &header, &proto] {
         println!("{:>4} seeds in {}", corpus.written, corpus.dir.display());
     }
     Ok(())
