@@ -452,3 +452,32 @@ async fn calls_while_down_wait_or_fail_fast() {
         conn.close().within(WAIT).await.unwrap();
     }
 }
+
+/// Closing while the connection is down ends recovery at once: the close succeeds, and the
+/// reason every handle sees afterwards is the application's close, not the loss.
+#[tokio::test]
+async fn closing_while_down_ends_with_the_applications_close() {
+    let (log_tx, _log) = mpsc::unbounded_channel();
+    let cut = Arc::new(Notify::new());
+    let fake = serve(Script::default(), log_tx, cut.clone()).await;
+    // Long delays keep it down while the application closes.
+    let recovery = RecoveryOptions::new().backoff(Duration::from_secs(5), Duration::from_secs(5));
+    let options = fake_broker::options_for(fake.addr()).recovery(recovery);
+    let conn = within(WAIT, "connect", Connection::connect_with(options)).await.unwrap();
+    let mut events = conn.events();
+    let ch = conn.open_channel().within(WAIT).await.unwrap();
+    cut.notify_one();
+    event(&mut events, "Disconnected", |e| matches!(e, ConnectionEvent::Disconnected { .. })).await;
+    let started = Instant::now();
+    conn.close().within(WAIT).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1), "closed without waiting out the backoff");
+    assert!(!conn.is_open() && !conn.is_recovering());
+    let is_app_close = |e: &Error| {
+        matches!(e, Error::ConnectionClosed(r) if r.initiator == lepus::Initiator::Client
+            && r.reply_code == lepus::ReplyCode::REPLY_SUCCESS)
+    };
+    let reason = conn.close_reason().unwrap();
+    assert!(is_app_close(&reason), "{reason:?}");
+    let publish = ch.basic_publish("", "q", &b"late"[..], PublishOptions::default()).within(WAIT).await;
+    assert!(publish.as_ref().is_err_and(is_app_close), "{publish:?}");
+}

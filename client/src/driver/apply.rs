@@ -77,6 +77,7 @@ impl Driver {
             }
             Command::Close { code, text, done } => {
                 self.closing = true;
+                self.app_close = Some(crate::Error::ConnectionClosed(crate::CloseReason::client(code, &text)));
                 self.close_waiters.push(done);
                 proto.close(now, code, &text, Some(self.options.get_close_timeout()));
             }

@@ -116,6 +116,9 @@ struct Driver {
     /// Why the connection ended for good, when that is not the state machine's close
     /// reason (recovery gave up).
     final_error: Option<Error>,
+    /// The application's close, as the reason handles see when it comes while the
+    /// connection is down (no state machine then carries it).
+    app_close: Option<Error>,
 }
 
 /// Runs the connection, recovering it as often as the options allow, then releases
@@ -148,6 +151,7 @@ pub(crate) async fn run(setup: Setup) {
         replay: None,
         parked: VecDeque::new(),
         final_error: None,
+        app_close: None,
         options,
     };
     let mut next = Some(opened);
@@ -155,6 +159,10 @@ pub(crate) async fn run(setup: Setup) {
         d.session(opened).await;
         if d.recovery.is_some() {
             next = d.reconnect().await;
+            if next.is_none() {
+                // Also when the application closed (or dropped every handle) mid-wait.
+                d.give_up();
+            }
         }
     }
     d.shutdown().await;

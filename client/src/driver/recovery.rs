@@ -112,14 +112,17 @@ impl Driver {
         }
     }
 
-    fn give_up(&mut self) {
+    /// Ends recovery for good (idempotent): the reason is the application's close if it
+    /// closed, else `RecoveryFailed`.
+    pub(super) fn give_up(&mut self) {
         let Some(recovery) = self.recovery.as_mut() else { return };
         if recovery.gave_up {
             return;
         }
         recovery.gave_up = true;
         let error = if self.closing {
-            recovery.last.clone()
+            // Closed by the application while down: that is the reason handles see.
+            self.app_close.clone().unwrap_or_else(|| recovery.last.clone())
         } else {
             Error::RecoveryFailed { attempts: recovery.backoff.attempts(), last: Box::new(recovery.last.clone()) }
         };
@@ -189,8 +192,9 @@ impl Driver {
                     None => self.handles_gone = true,
                 },
                 () = self.shared.close_signal.notified() => {
-                    if self.shared.take_close_request().is_some() {
+                    if let Some((code, text)) = self.shared.take_close_request() {
                         self.closing = true;
+                        self.app_close = Some(Error::ConnectionClosed(crate::CloseReason::client(code, text)));
                     }
                 },
             }
