@@ -12,6 +12,8 @@ pub mod node;
 pub mod proxy;
 pub mod raw;
 pub mod recovery_load;
+pub mod seeded;
+pub mod steps;
 pub mod traffic;
 pub mod util;
 pub mod wire_check;

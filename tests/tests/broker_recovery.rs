@@ -586,25 +586,6 @@ const STEPS: [Step; 8] = [
     ("give_up_is_terminal", |ctx| Box::pin(give_up_is_terminal(ctx))),
 ];
 
-/// The names of the steps to run: every step, or those `LEPUS_STEPS` (comma-separated parts
-/// of step names) selects.
-///
-/// # Panics
-///
-/// When `LEPUS_STEPS` is set but selects no step, or one of its parts matches no step.
-fn selected_steps(steps: &[Step]) -> Vec<&'static str> {
-    let names = steps.iter().map(|(name, _)| *name);
-    let Ok(only) = std::env::var("LEPUS_STEPS") else { return names.collect() };
-    let parts: Vec<&str> = only.split(',').map(str::trim).filter(|part| !part.is_empty()).collect();
-    let all: Vec<&str> = names.clone().collect();
-    let unmatched: Vec<&&str> = parts.iter().filter(|part| !all.iter().any(|name| name.contains(**part))).collect();
-    assert!(
-        !parts.is_empty() && unmatched.is_empty(),
-        "LEPUS_STEPS={only:?} must name steps (parts of: {all:?}); matching none: {unmatched:?}"
-    );
-    names.filter(|name| parts.iter().any(|part| name.contains(part))).collect()
-}
-
 /// Leaves the node as the next step expects it after a failed step: the application
 /// running, the consumer timeout and tick at their defaults.
 fn repair(ctx: &Ctx) {
@@ -653,7 +634,7 @@ async fn run_step(ctx: &Ctx, (name, body): Step) -> StepOutcome {
 #[test]
 fn broker_recovery() {
     let test_started = Instant::now();
-    let selected = selected_steps(&STEPS);
+    let selected = lepus_tests::steps::selected(&STEPS.map(|(name, _)| name));
     stop_orphans(NODE_NAME);
     let ports = free_ports(&[5673, 25673]);
     let config = TestNodeConfig {

@@ -308,16 +308,6 @@ const STEPS: [Step; 2] = [
     ("failover_address_list", |ctx| Box::pin(failover_address_list(ctx))),
 ];
 
-/// The steps `LEPUS_STEPS` selects (all when unset); a part that matches none fails.
-fn selected_steps() -> Vec<&'static str> {
-    let names: Vec<&'static str> = STEPS.iter().map(|(name, _)| *name).collect();
-    let Ok(only) = std::env::var("LEPUS_STEPS") else { return names };
-    let parts: Vec<&str> = only.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
-    let unmatched: Vec<&&str> = parts.iter().filter(|p| !names.iter().any(|n| n.contains(**p))).collect();
-    assert!(!parts.is_empty() && unmatched.is_empty(), "LEPUS_STEPS={only:?}: no step matches {unmatched:?}");
-    names.into_iter().filter(|n| parts.iter().any(|p| n.contains(p))).collect()
-}
-
 /// Runs one step, catching its panic and bounding its time: `None` if it passed.
 async fn run_step(ctx: &Ctx, (name, body): Step) -> Option<String> {
     println!("--- {name}");
@@ -340,7 +330,7 @@ async fn run_step(ctx: &Ctx, (name, body): Step) -> Option<String> {
 #[test]
 fn cluster_failover() {
     let started = Instant::now();
-    let selected = selected_steps();
+    let selected = lepus_tests::steps::selected(&STEPS.map(|(name, _)| name));
     let cluster = TestCluster::start(CLUSTER_NAME, 3).unwrap_or_else(|e| panic!("starting the cluster: {e}"));
     println!(
         "cluster booted in {:.2?} (in parallel), joined in {:.2?}: {:?}",

@@ -17,6 +17,7 @@ use lepus::{
     codec::{Method, encode_publish, method::basic},
 };
 use lepus_tests::bounded::{Bounded, within};
+use lepus_tests::seeded::SeededRng;
 use lepus_tests::{
     fake_broker::options_for,
     proxy::{Direction, Proxy},
@@ -42,34 +43,6 @@ fn unique(prefix: &str) -> String {
 
 fn exclusive() -> QueueDeclareOptions {
     QueueDeclareOptions { exclusive: true, ..QueueDeclareOptions::default() }
-}
-
-/// `SplitMix64`: a small, seedable generator, plenty for picking fault points.
-struct Rng(u64);
-
-impl Rng {
-    /// A generator seeded from `LEPUS_SEED` or the clock; the seed is printed for replay.
-    fn seeded(test: &str) -> Rng {
-        let seed = std::env::var("LEPUS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-            nanos as u64
-        });
-        println!("{test}: seed {seed} (replay with LEPUS_SEED={seed})");
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform enough in `0..n` for test purposes (`n > 0`).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 // ---- N1: a half-open link -------------------------------------------------------------------
@@ -168,7 +141,7 @@ enum Outcome {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn n5_link_cut_at_a_random_byte_of_10k_confirmed_publishes() {
     const PUBLISHES: usize = 10_000;
-    let mut rng = Rng::seeded("n5");
+    let mut rng = SeededRng::seeded("n5");
     let queue = unique("n5");
     let admin = connect(direct()).await;
     let admin_channel = within(WAIT, "open", admin.open_channel()).await.unwrap();
@@ -279,7 +252,7 @@ enum DropPoint {
 }
 
 impl DropPoint {
-    fn random(rng: &mut Rng) -> DropPoint {
+    fn random(rng: &mut SeededRng) -> DropPoint {
         if rng.below(2) == 0 {
             DropPoint::Timer(Duration::from_micros(rng.below(2_000)))
         } else {
@@ -310,7 +283,7 @@ impl DropPoint {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c2_futures_dropped_at_10k_random_await_points_leave_no_half_written_frame() {
     const ROUNDS: usize = 10_000;
-    let mut rng = Rng::seeded("c2");
+    let mut rng = SeededRng::seeded("c2");
     let proxy = Proxy::to_broker().within(WAIT).await.unwrap();
     // Every byte both ways, read back at the end as the broker and the client read them.
     proxy.capture(Direction::ClientToBroker);

@@ -19,6 +19,7 @@ use lepus::{
 };
 use lepus_tests::bounded::{Bounded, eventually, until, within};
 use lepus_tests::proxy::Proxy;
+use lepus_tests::seeded::SeededRng;
 use lepus_tests::traffic::{Consumed, Consuming, EventLog, Outcome, Published, Publisher};
 use lepus_tests::util::{self, unique};
 
@@ -37,34 +38,6 @@ const RUN: Duration = Duration::from_secs(90);
 /// Acks made this soon after a `Disconnected` event was seen are not judged: the event is
 /// sent just before the driver marks the channels lost.
 const SETTLING: Duration = Duration::from_millis(20);
-
-/// `SplitMix64`: a small, seedable generator, plenty for picking cut points.
-struct Rng(u64);
-
-impl Rng {
-    /// Seeded from `LEPUS_SEED` or the clock; the seed is printed for replay.
-    fn seeded(test: &str) -> Rng {
-        let seed = std::env::var("LEPUS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-            nanos as u64
-        });
-        println!("{test}: seed {seed} (replay with LEPUS_SEED={seed})");
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform enough in `0..n` for test purposes (`n > 0`).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn durable() -> QueueDeclareOptions {
     QueueDeclareOptions { durable: true, ..Default::default() }
@@ -90,7 +63,13 @@ async fn connect(proxy: &Proxy, republish: bool) -> Connection {
 
 /// Cuts every connection through the proxy at each point (a count of publishes), waits for
 /// both connections to go down, lets the proxy forward again, and waits for both to recover.
-async fn cut_at(points: &[u64], rng: &mut Rng, proxy: &Proxy, publisher: &Publisher, logs: [&EventLog; 2]) -> Vec<Cut> {
+async fn cut_at(
+    points: &[u64],
+    rng: &mut SeededRng,
+    proxy: &Proxy,
+    publisher: &Publisher,
+    logs: [&EventLog; 2],
+) -> Vec<Cut> {
     let mut cuts = Vec::new();
     for (n, &point) in points.iter().enumerate() {
         until(RUN, format!("{point} publishes"), || publisher.published() >= point || publisher.is_finished()).await;
@@ -145,7 +124,7 @@ fn assert_open(channel: &Channel, what: &str) {
 }
 
 async fn run(name: &str, republish: bool) {
-    let mut rng = Rng::seeded(name);
+    let mut rng = SeededRng::seeded(name);
     let queue = unique(name);
     let admin = util::connect().await;
     let admin_channel = admin.open_channel().within(WAIT).await.unwrap();

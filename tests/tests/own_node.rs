@@ -663,26 +663,6 @@ const STEPS: [Step; 8] = [
     ("b2_stop_app", |ctx| Box::pin(b2_stop_app(ctx))),
 ];
 
-/// The names of the steps to run: every step, or those `LEPUS_STEPS` (comma-separated parts
-/// of step names) selects.
-///
-/// # Panics
-///
-/// When `LEPUS_STEPS` is set but selects no step, or one of its parts matches no step: a
-/// typo must fail the test, not turn it into a pass that ran nothing.
-fn selected_steps(steps: &[Step]) -> Vec<&'static str> {
-    let names = steps.iter().map(|(name, _)| *name);
-    let Ok(only) = std::env::var("LEPUS_STEPS") else { return names.collect() };
-    let parts: Vec<&str> = only.split(',').map(str::trim).filter(|part| !part.is_empty()).collect();
-    let all: Vec<&str> = names.clone().collect();
-    let unmatched: Vec<&&str> = parts.iter().filter(|part| !all.iter().any(|name| name.contains(**part))).collect();
-    assert!(
-        !parts.is_empty() && unmatched.is_empty(),
-        "LEPUS_STEPS={only:?} must name steps (parts of: {all:?}); matching none: {unmatched:?}"
-    );
-    names.filter(|name| parts.iter().any(|part| name.contains(part))).collect()
-}
-
 /// Runs one step, catching its panic and bounding its time. After a failure, clears both
 /// alarms so that no alarm is left for the next step.
 async fn run_step(ctx: &Ctx, (name, body): Step) -> Outcome {
@@ -717,7 +697,7 @@ async fn run_step(ctx: &Ctx, (name, body): Step) -> Outcome {
 fn own_node() {
     let test_started = Instant::now();
     // Checked before the node starts: a bad selection fails at once.
-    let selected = selected_steps(&STEPS);
+    let selected = lepus_tests::steps::selected(&STEPS.map(|(name, _)| name));
     let ca = Ca::new("lepus own-node CA");
     let server = ca.leaf("localhost", &["localhost", "127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth);
     let client = ca.leaf(EXTERNAL_USER, &[], ExtendedKeyUsagePurpose::ClientAuth);
