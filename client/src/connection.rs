@@ -22,6 +22,25 @@ use crate::{
 /// Bytes of publishes that may wait for the driver to take them before publishers wait.
 const PUBLISH_BUDGET: usize = 4 << 20;
 
+/// What the handles of a connection made with `options` and its driver share.
+pub(crate) fn shared_state(options: &ConnectionOptions) -> Arc<ConnShared> {
+    let recovery = options.get_recovery();
+    Arc::new(ConnShared::new(
+        HandleLimits {
+            publish_window: options.get_publish_window().max(1),
+            blocked_timeout: options.get_blocked_publish_timeout(),
+            call_timeout: options.get_call_timeout(),
+            fail_fast_while_down: recovery.get_while_disconnected() == WhileDisconnected::FailFast,
+            recovery_wait: recovery.wait_timeout,
+            republish: recovery.is_enabled() && recovery.republish_unconfirmed,
+            publish_budget: PUBLISH_BUDGET,
+            max_unread: options.get_max_unread_bytes(),
+        },
+        options.get_connection_name().map(str::to_owned),
+        options.get_metrics().cloned(),
+    ))
+}
+
 /// A connection to RabbitMQ: cheap to clone; every clone and every channel talks to the one
 /// task that owns the socket. Dropping the last handle (channels and deliveries included)
 /// closes the connection cleanly; no runtime is needed in `Drop`.
@@ -94,21 +113,7 @@ impl Connection {
         tracing::Span::current().record("address", field::display(&address));
         let proto = connect::state_machine(&options).await?;
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
-        let recovery = options.get_recovery();
-        let shared = Arc::new(ConnShared::new(
-            HandleLimits {
-                publish_window: options.get_publish_window().max(1),
-                blocked_timeout: options.get_blocked_publish_timeout(),
-                call_timeout: options.get_call_timeout(),
-                fail_fast_while_down: recovery.get_while_disconnected() == WhileDisconnected::FailFast,
-                recovery_wait: recovery.wait_timeout,
-                republish: recovery.is_enabled() && recovery.republish_unconfirmed,
-                publish_budget: PUBLISH_BUDGET,
-                max_unread: options.get_max_unread_bytes(),
-            },
-            options.get_connection_name().map(str::to_owned),
-            options.get_metrics().cloned(),
-        ));
+        let shared = shared_state(&options);
         let (connected_tx, connected_rx) = oneshot::channel();
         tracing::debug!(%address, "connected the socket; starting the handshake");
         let setup = driver::Setup {
@@ -134,6 +139,13 @@ impl Connection {
             Ok(Err(e)) => Err(e),
             Err(_) => Err(shared.closed_error()),
         }
+    }
+
+    /// A handle on a connection whose engine the test drives itself, taking `commands`.
+    #[cfg(test)]
+    pub(crate) fn from_parts(shared: Arc<ConnShared>, commands: mpsc::UnboundedSender<Command>) -> Self {
+        let timeout = shared.limits.call_timeout;
+        Connection { commands: CommandSender::new(commands, shared.clone()), shared, timeout }
     }
 
     /// This connection handle with another deadline for its calls (`None`: none); other

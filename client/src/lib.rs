@@ -63,6 +63,7 @@ mod delivery;
 mod delivery_headers;
 mod delivery_queue;
 mod driver;
+mod engine;
 mod error;
 mod events;
 pub mod metrics;

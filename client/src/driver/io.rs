@@ -83,7 +83,7 @@ pub(super) async fn finish<W: AsyncWrite + Unpin>(
 /// On TLS connections a failed read or write often hides a TLS alert (a client certificate
 /// refused after a TLS 1.3 handshake, ...): name it. A reset or EOF before the broker even
 /// sent `connection.start` is, on TLS, the server refusing us after the handshake.
-pub(super) fn io_error(e: std::io::Error, tls: bool, before_amqp: bool) -> Error {
+pub(crate) fn io_error(e: std::io::Error, tls: bool, before_amqp: bool) -> Error {
     if !tls {
         return Error::from(e);
     }

@@ -201,7 +201,9 @@ impl RecoveryOptions {
     }
 
     /// How long a publish or call waits for the connection to come back (60 s by default)
-    /// before it fails with [`Error::Disconnected`].
+    /// before it fails with [`Error::Disconnected`]. This bounds calls and confirmed
+    /// publishes sent just as the connection was lost too: they are held back for the
+    /// replay, and fail once they have waited this long.
     #[must_use]
     pub fn wait_timeout(mut self, timeout: Duration) -> Self {
         self.wait_timeout = timeout;

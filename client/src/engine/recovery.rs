@@ -1,28 +1,40 @@
-//! Recovery as the driver executes it: deciding to recover, reconnecting with backoff across
-//! the addresses while the handles' commands are held back, and replaying the recorded
-//! topology one step at a time on the new connection. The decisions themselves (delays,
-//! address order, which errors recover, what to replay and in which order) are pure and live
-//! in `crate::recovery`.
+//! Recovery as the engine runs it, without IO: deciding to recover, choosing each
+//! reconnection attempt (when, and to which address) while the handles' commands are held
+//! back, deciding when to give up, and replaying the recorded topology one step at a time on
+//! the new connection. The driver only waits and connects where an [`Attempt`] says. The
+//! decisions themselves (delays, address order, which errors recover, what to replay and in
+//! which order) are pure and live in `crate::recovery`.
 
-use std::{collections::VecDeque, future::Future, sync::Arc, time::Instant};
+use std::{collections::VecDeque, sync::Arc, time::Instant};
 
-use lepus_codec::{Method, ReplyCode, method::channel as chan};
-use tracing::Instrument;
-
-use super::Driver;
+use super::{Engine, Proto};
 use crate::{
     ConnectionEvent, Error,
     channel_shared::ChannelShared,
     command::{CallResult, ConfirmTx, ReplyTo},
-    connect::{self, Opened},
     delivery_queue::DeliveryQueue,
     proto::Reply,
-    recovery::{backoff::Backoff, topology::Step},
+    recovery::{Address, backoff::Backoff, topology::Step},
 };
+use lepus_codec::{Method, ReplyCode, method::channel as chan};
 
 /// Attempts a refused login is retried, so that a credentials provider can hand out a
 /// refreshed token; past it, refused credentials end recovery.
 const AUTH_RETRIES: u32 = 3;
+
+/// A reconnection attempt, for the driver to make: wait until `at` (taking commands
+/// meanwhile), then connect to `address`, bounded by the connection timeout, and report
+/// with [`Engine::attempt_connected`] or [`Engine::attempt_failed`].
+#[derive(Debug)]
+pub(crate) struct Attempt {
+    /// 1 for the first attempt after a loss (the driver has it from the span; tests read it).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) number: u32,
+    pub(crate) at: Instant,
+    pub(crate) address: Address,
+    /// The tracing span the attempt runs in.
+    pub(crate) span: tracing::Span,
+}
 
 /// A recovery under way: from the loss until the replay on a new connection is done.
 pub(super) struct Recovery {
@@ -60,6 +72,13 @@ pub(super) struct Replay {
     reopening: Vec<u64>,
 }
 
+impl Recovery {
+    /// The error of the loss, or of the last failed attempt.
+    pub(super) fn last(&self) -> &Error {
+        &self.last
+    }
+}
+
 impl Replay {
     pub(super) fn is_own_channel(&self, channel: &Arc<ChannelShared>) -> bool {
         self.own.as_ref().is_some_and(|own| Arc::ptr_eq(own, channel))
@@ -70,7 +89,7 @@ impl Replay {
     }
 }
 
-impl Driver {
+impl Engine {
     pub(super) fn should_recover(&self, error: &Error) -> bool {
         self.options.get_recovery().is_enabled()
             && !self.closing
@@ -80,12 +99,14 @@ impl Driver {
     }
 
     /// The connection was lost: keep every handle, and start reconnecting.
-    pub(super) fn begin_recovery(&mut self, error: Error, _now: Instant) {
+    pub(super) fn begin_recovery(&mut self, error: Error, now: Instant) {
         tracing::warn!(%error, address = %self.address, "connection lost: recovering");
         let options = self.options.get_recovery();
+        // Each loss draws a new schedule from the connection's generator.
+        self.seed = crate::recovery::backoff::SplitMix64(self.seed).next();
         self.recovery = Some(Recovery {
-            since: Instant::now(),
-            backoff: Backoff::new(options.initial_backoff, options.max_backoff, crate::recovery::backoff::seed()),
+            since: now,
+            backoff: Backoff::new(options.initial_backoff, options.max_backoff, self.seed),
             last: error.clone(),
             auth_failures: 0,
             gave_up: false,
@@ -97,8 +118,8 @@ impl Driver {
         self.shared.event(ConnectionEvent::Disconnected { reason: error });
     }
 
-    /// A reconnection attempt (its handshake, or its replay) failed.
-    pub(super) fn attempt_failed(&mut self, error: &Error, _now: Instant) {
+    /// A reconnection attempt (its connect, its handshake, or its replay) failed.
+    pub(crate) fn attempt_failed(&mut self, error: &Error, _now: Instant) {
         self.replay = None;
         let Some(recovery) = self.recovery.as_mut() else { return };
         tracing::info!(%error, address = %self.address, "reconnection attempt failed");
@@ -114,7 +135,7 @@ impl Driver {
 
     /// Ends recovery for good (idempotent): the reason is the application's close if it
     /// closed, else `RecoveryFailed`.
-    pub(super) fn give_up(&mut self) {
+    pub(crate) fn give_up(&mut self) {
         let Some(recovery) = self.recovery.as_mut() else { return };
         if recovery.gave_up {
             return;
@@ -133,72 +154,42 @@ impl Driver {
         self.final_error = Some(error);
     }
 
-    /// Waits its backoff, then connects to the next address; again until one connects, the
-    /// rules say to give up, or the application closes. Meanwhile commands are held back.
-    pub(super) async fn reconnect(&mut self) -> Option<Opened> {
-        loop {
-            let recovery = self.recovery.as_mut()?;
-            let options = self.options.get_recovery().clone();
-            let out_of_attempts = options.max_attempts.is_some_and(|max| recovery.backoff.attempts() >= max);
-            let out_of_time = options.max_duration.is_some_and(|max| recovery.since.elapsed() >= max);
-            if recovery.gave_up || self.closing || self.handles_gone || out_of_attempts || out_of_time {
-                self.give_up();
-                return None;
-            }
-            let delay = recovery.backoff.next_delay();
-            let attempt = recovery.backoff.attempts();
-            let address = self.rotation.next().unwrap_or_else(|| self.address.clone());
-            tracing::info!(attempt, %address, ?delay, "reconnecting");
-            recovery.span = tracing::info_span!("lepus.recovery", connection = self.shared.name(), attempt, %address);
-            let span = recovery.span.clone();
-            self.shared.event(ConnectionEvent::Recovering { attempt, address: address.to_string() });
-            self.serve_until(tokio::time::sleep(delay)).await?;
-            let connect_options = self.options.clone();
-            let target = address.clone();
-            let attempt = async move {
-                let opened = connect::open(&target, &connect_options).await?;
-                let proto = connect::state_machine(&connect_options).await?;
-                Ok::<_, Error>((opened, proto))
-            }
-            .instrument(span);
-            let limit = self.options.get_connection_timeout();
-            let result = self.serve_until(tokio::time::timeout(limit, attempt)).await?;
-            match result {
-                Ok(Ok((opened, mut proto))) => {
-                    // Epochs go on: a delivery tag of the lost connection never matches.
-                    proto.continue_epochs(self.proto.next_epoch());
-                    self.proto = proto;
-                    self.address = address;
-                    return Some(opened);
-                }
-                Ok(Err(e)) => self.attempt_failed(&e, Instant::now()),
-                Err(_) => self.attempt_failed(&Error::Timeout("reconnecting"), Instant::now()),
-            }
+    /// The next reconnection attempt: when to make it and where, or `None` when recovery
+    /// is over (the rules say to give up, the application closed, or every handle is gone;
+    /// the reason is then recorded for [`Engine::finish`]).
+    pub(crate) fn next_attempt(&mut self, now: Instant) -> Option<Attempt> {
+        let options = self.options.get_recovery().clone();
+        let recovery = self.recovery.as_mut()?;
+        let out_of_attempts = options.max_attempts.is_some_and(|max| recovery.backoff.attempts() >= max);
+        let out_of_time = options.max_duration.is_some_and(|max| now.saturating_duration_since(recovery.since) >= max);
+        if recovery.gave_up || self.closing || self.handles_gone || out_of_attempts || out_of_time {
+            self.give_up();
+            return None;
         }
+        let delay = recovery.backoff.next_delay();
+        let number = recovery.backoff.attempts();
+        let address = self.rotation.next().unwrap_or_else(|| self.address.clone());
+        tracing::info!(attempt = number, %address, ?delay, "reconnecting");
+        recovery.span =
+            tracing::info_span!("lepus.recovery", connection = self.shared.name(), attempt = number, %address);
+        self.shared.event(ConnectionEvent::Recovering { attempt: number, address: address.to_string() });
+        Some(Attempt { number, at: now + delay, address, span: recovery.span.clone() })
     }
 
-    /// Runs `until` while taking commands (held back, or a close); `None` if the
-    /// application closed or every handle is gone meanwhile.
-    async fn serve_until<T>(&mut self, until: impl Future<Output = T>) -> Option<T> {
-        tokio::pin!(until);
-        loop {
-            if self.closing || self.handles_gone {
-                return None;
-            }
-            tokio::select! {
-                out = &mut until => return Some(out),
-                cmd = self.commands.recv() => match cmd {
-                    Some(cmd) => self.command(cmd, Instant::now()),
-                    None => self.handles_gone = true,
-                },
-                () = self.shared.close_signal.notified() => {
-                    if let Some((code, text)) = self.shared.take_close_request() {
-                        self.closing = true;
-                        self.app_close = Some(Error::ConnectionClosed(crate::CloseReason::client(code, text)));
-                    }
-                },
-            }
-        }
+    /// The attempt's socket is connected and `proto` (its handshake queued) takes over:
+    /// the next session runs it, and the replay starts once its handshake is done.
+    pub(crate) fn attempt_connected(&mut self, address: Address, mut proto: Proto, tls: bool) {
+        // Epochs go on: a delivery tag of the lost connection never matches.
+        proto.continue_epochs(self.proto.next_epoch());
+        self.proto = proto;
+        self.address = address;
+        self.session_started(tls);
+    }
+
+    /// Whether the application closed or every handle is gone: a wait for the next attempt
+    /// (or its connect) ends early.
+    pub(crate) fn stopping(&self) -> bool {
+        self.closing || self.handles_gone
     }
 
     /// The new connection's handshake is done: replay the topology.
@@ -379,8 +370,7 @@ impl Driver {
             tracing::info!(address = %self.address, "connection recovered");
             self.shared.event(ConnectionEvent::Recovered { address: self.address.to_string() });
         }
-        let parked: Vec<_> = self.parked.drain(..).collect();
-        for cmd in parked {
+        for cmd in self.parked.take() {
             self.command(cmd, now);
         }
     }

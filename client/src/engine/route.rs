@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Instant};
 
 use lepus_codec::{Method, method::queue};
 
-use super::{Driver, Proto, apply::give_back};
+use super::{Engine, Proto, apply::give_back};
 use crate::{
     Error,
     command::{CallResult, DriverTokens, ReplyTo},
@@ -19,7 +19,7 @@ use crate::{
     proto::{Event, Reply},
 };
 
-impl Driver {
+impl Engine {
     pub(super) fn event(&mut self, event: Event<DriverTokens>, now: Instant) {
         match event {
             Event::Connected => {

@@ -1,31 +1,36 @@
 //! Applying the handles' commands to the state machine, or holding them back while a
 //! recovery's replay runs.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use lepus_codec::{
     Method,
     method::{basic, channel as chan},
 };
 
-use super::{Driver, Proto};
+use super::{Engine, Proto};
 use crate::{
     command::{Command, ReplyTo},
     delivery_queue::{DeliveryItem, DeliveryQueue},
 };
 
-impl Driver {
+impl Engine {
     /// A command from a handle. While the connection is down or a replay runs, everything
     /// that touches channels waits (in order) until the replay is done; a close is applied
     /// at once, and a settlement too (its tag is either still valid, or stale and refused).
-    pub(super) fn command(&mut self, cmd: Command, now: Instant) {
+    pub(crate) fn command(&mut self, cmd: Command, now: Instant) {
         // A state machine that has just closed (an I/O error read this turn) has not yet
         // told the driver, so recovery has not started: a command applied now would fail
         // with the bare error of the loss. Held back, it is applied after recovery, or
         // answered by `shutdown` if there is none.
         let holding = self.recovery.is_some() || self.replay.is_some() || self.proto.is_closed();
         if holding && !matches!(cmd, Command::Close { .. } | Command::Settle { .. }) {
-            self.parked.push_back(cmd);
+            let limits = &self.shared.limits;
+            let limit = if limits.fail_fast_while_down { Duration::ZERO } else { limits.recovery_wait };
+            self.parked.push(now, limit, cmd);
             return;
         }
         self.apply(cmd, now);
