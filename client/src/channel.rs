@@ -277,7 +277,8 @@ impl Channel {
                 nowait: false,
                 arguments: options.arguments,
             };
-            let queue = DeliveryQueue::new(shared.conn.clone(), options.no_ack, tag.clone(), shared.id);
+            let stream = consume.arguments.get("x-stream-offset").is_some();
+            let queue = DeliveryQueue::new(shared.conn.clone(), options.no_ack, tag.clone(), shared.id, stream);
             // Made before the consume is sent: if this call is abandoned, dropping it cancels
             // the consumer and returns what it was sent.
             let consumer = Consumer::new(tag, queue.clone(), self.link.clone());

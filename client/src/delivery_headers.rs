@@ -21,6 +21,11 @@ fn count(headers: Option<&FieldTable>, key: &str) -> Option<u64> {
     headers?.get(key)?.as_i64().and_then(|n| u64::try_from(n).ok())
 }
 
+/// A delivery's stream offset (`x-stream-offset`), from its headers.
+pub(crate) fn stream_offset(headers: Option<&FieldTable>) -> Option<u64> {
+    count(headers, STREAM_OFFSET)
+}
+
 /// A header's UTF-8 string value.
 fn text<'a>(headers: Option<&'a FieldTable>, key: &str) -> Option<&'a str> {
     headers?.get(key)?.as_str()

@@ -8,7 +8,10 @@
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll, Waker},
 };
 
@@ -62,6 +65,11 @@ pub(crate) struct DeliveryQueue {
     pub(crate) tag: ShortStr,
     /// The channel it consumes on (its identity, see `ChannelShared::id`).
     pub(crate) channel_id: u64,
+    /// For a stream consumer (one that asked for an `x-stream-offset`): the offset of the
+    /// last delivery queued plus one, 0 before any. A recovery resumes the consumer there
+    /// rather than where it first started, so nothing is delivered twice and nothing
+    /// skipped (deliveries still queued are read after the recovery as before it).
+    stream_next: Option<AtomicU64>,
 }
 
 /// What a delivery counts for in the unread total, whatever its body size: the struct itself
@@ -73,7 +81,8 @@ fn cost(item: &DeliveryItem) -> usize {
 }
 
 impl DeliveryQueue {
-    pub(crate) fn new(conn: Arc<ConnShared>, no_ack: bool, tag: ShortStr, channel_id: u64) -> Arc<Self> {
+    /// `stream`: whether the consumer reads a stream from an offset it asked for.
+    pub(crate) fn new(conn: Arc<ConnShared>, no_ack: bool, tag: ShortStr, channel_id: u64, stream: bool) -> Arc<Self> {
         Arc::new(DeliveryQueue {
             inner: Mutex::new(Inner {
                 items: VecDeque::new(),
@@ -87,7 +96,15 @@ impl DeliveryQueue {
             no_ack,
             tag,
             channel_id,
+            stream_next: stream.then(|| AtomicU64::new(0)),
         })
+    }
+
+    /// Where a recovered stream consumer resumes: after the last delivery queued. `None` for
+    /// other consumers, and before the first delivery (it then starts where it asked to).
+    pub(crate) fn stream_resume(&self) -> Option<u64> {
+        let next = self.stream_next.as_ref()?.load(Ordering::Relaxed);
+        (next > 0).then_some(next)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -105,6 +122,11 @@ impl DeliveryQueue {
             return Pushed::Refused(item);
         }
         let body_bytes = item.as_ref().ok().map(|d| d.body.len());
+        if let (Some(next), Ok(delivery)) = (&self.stream_next, &item)
+            && let Some(offset) = crate::delivery_headers::stream_offset(delivery.properties.headers.as_ref())
+        {
+            next.store(offset.saturating_add(1), Ordering::Relaxed);
+        }
         let bytes = cost(&item);
         inner.bytes += bytes;
         inner.items.push_back(item);

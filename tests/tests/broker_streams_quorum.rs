@@ -11,12 +11,13 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lepus::{
-    Channel, Connection, ConsumeOptions, Consumer, DeadLetterStrategy, Delivery, Error, ExchangeKind, FieldTable,
-    FieldValue, Initiator, Overflow, PublishOptions, QueueArguments, QueueDeclareOptions, QueueDeleteOptions,
-    QueueType, ReplyCode, StreamInterval, StreamOffset,
+    Channel, Connection, ConnectionEvent, ConsumeOptions, Consumer, DeadLetterStrategy, Delivery, Error, ExchangeKind,
+    FieldTable, FieldValue, Initiator, Overflow, PublishOptions, QueueArguments, QueueDeclareOptions,
+    QueueDeleteOptions, QueueType, RecoveryOptions, ReplyCode, StreamInterval, StreamOffset,
 };
 use lepus_tests::bounded::{Bounded, eventually, until, within};
 use lepus_tests::node::{TestNode, TestNodeConfig};
+use lepus_tests::proxy::Proxy;
 use lepus_tests::util::{assert_channel_error, connect, exclusive, unique};
 
 /// The most any single expected event may take.
@@ -208,6 +209,7 @@ fn streams_and_at_least_once_dead_lettering_on_a_node_of_our_own() {
         let url = node.amqp_url();
         within(STEP, "step: stream_queue flag disabled", stream_flag_disabled_is_the_brokers_error(&node, &url)).await;
         within(STEP, "step: stream offsets", stream_offsets(&url)).await;
+        within(STEP, "step: a stream consumer resumes after a loss", stream_consumer_resumes_after_a_loss(&node)).await;
         within(STEP, "step: stream filters", stream_filters(&url)).await;
         within(STEP, "step: what streams refuse", what_streams_refuse(&url)).await;
         within(STEP, "step: at-least-once dead-lettering", at_least_once_keeps_unroutable_dead_letters(&node, &url))
@@ -336,6 +338,72 @@ async fn stream_offsets(url: &str) {
 
     ch.queue_delete(&stream, QueueDeleteOptions::default()).within(WAIT).await.unwrap();
     conn.close().within(WAIT).await.unwrap();
+}
+
+/// A stream consumer whose connection is reset mid-stream (through a proxy) resumes after
+/// the last delivery it was given, not where it first started: the rest of the stream
+/// arrives once each, in order, and nothing after it. Acks of deliveries from before the
+/// loss are refused as stale (for a stream they are only credit: nothing is lost).
+async fn stream_consumer_resumes_after_a_loss(node: &TestNode) {
+    let proxy = Proxy::start(format!("127.0.0.1:{}", node.amqp_port())).await.unwrap();
+    let recovery = RecoveryOptions::new().backoff(Duration::from_millis(10), Duration::from_millis(100));
+    let conn = within(WAIT, "connect through the proxy", Connection::connect_with(proxy.options().recovery(recovery)))
+        .await
+        .unwrap();
+    let mut events = conn.events();
+    let ch = conn.open_channel().within(WAIT).await.unwrap();
+    ch.confirm_select().within(WAIT).await.unwrap();
+    let stream = unique("resume");
+    ch.queue_declare(&stream, durable(), stream_args()).within(WAIT).await.unwrap();
+    let mut confirms = Vec::new();
+    for i in 0..100 {
+        let publish = ch.basic_publish("", &stream, format!("m{i}").into_bytes(), PublishOptions::default());
+        confirms.push(publish.within(WAIT).await.unwrap());
+    }
+    for confirm in confirms {
+        assert!(within(WAIT, "a confirm", confirm).await.unwrap().is_ack());
+    }
+    let mut consumer = stream_consumer(&conn, &stream, ConsumeOptions::stream(StreamOffset::First)).await;
+    assert_eq!(take(&mut consumer, 40).await, expected("m", 0..40, 0), "before the loss");
+
+    proxy.reset();
+    wait_for(&mut events, "disconnected", |e| matches!(e, ConnectionEvent::Disconnected { .. })).await;
+    // The connection saw the reset: new ones may pass.
+    proxy.resume();
+    wait_for(&mut events, "recovered", |e| matches!(e, ConnectionEvent::Recovered { .. })).await;
+    let mut got = Vec::new();
+    let mut stale = 0;
+    for _ in 40..100 {
+        let d = next(&mut consumer).await;
+        got.push((body(&d), d.stream_offset().expect("x-stream-offset")));
+        match d.ack().within(WAIT).await {
+            Ok(()) => {}
+            Err(Error::StaleDeliveryTag(_)) => stale += 1,
+            Err(e) => panic!("ack: {e}"),
+        }
+    }
+    assert_eq!(got, expected("m", 40..100, 40), "after the loss: the rest, once each");
+    assert_quiet(&mut consumer, "nothing twice after the last message").await;
+    println!("stream consumer resumed at offset 40 + queued; {stale} stale acks refused");
+    ch.queue_delete(&stream, QueueDeleteOptions::default()).within(WAIT).await.unwrap();
+    conn.close().within(WAIT).await.unwrap();
+}
+
+/// Waits for a connection event matching `pred`, skipping others.
+async fn wait_for(
+    events: &mut tokio::sync::broadcast::Receiver<ConnectionEvent>,
+    what: &str,
+    pred: fn(&ConnectionEvent) -> bool,
+) {
+    within(WAIT, what, async {
+        while let Ok(event) = events.recv().await {
+            if pred(&event) {
+                return;
+            }
+        }
+        panic!("events ended while waiting for {what}");
+    })
+    .await;
 }
 
 /// The broker's `major.minor`, from its `version` server property.

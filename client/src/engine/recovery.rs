@@ -18,6 +18,9 @@ use crate::{
 };
 use lepus_codec::{Method, ReplyCode, method::channel as chan};
 
+/// The consumer argument that says where a stream consumer starts.
+const STREAM_OFFSET: &str = "x-stream-offset";
+
 /// Attempts a refused login is retried, so that a credentials provider can hand out a
 /// refreshed token; past it, refused credentials end recovery.
 const AUTH_RETRIES: u32 = 3;
@@ -283,6 +286,11 @@ impl Engine {
                         continue;
                     }
                     consume.queue = self.topology.current(&consume.queue);
+                    if let Some(next) = queue.stream_resume() {
+                        // A stream consumer goes on after the last delivery it was given.
+                        let offset = lepus_codec::FieldValue::I64(i64::try_from(next).unwrap_or(i64::MAX));
+                        let _ = consume.arguments.insert(STREAM_OFFSET, offset);
+                    }
                     let what = format!("consumer {} on queue {}", consume.consumer_tag, consume.queue);
                     let token = ReplyTo::Consume {
                         tx: None,

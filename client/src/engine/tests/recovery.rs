@@ -1,16 +1,17 @@
 //! Recovery as a state machine on a manual clock: the backoff schedule and the address
 //! rotation, give-up by duration and by refused credentials, the replay's order, renamed
 //! server-named queues, stale delivery tags refused (N6), confirms lost with the connection
-//! resolved exactly once, and commands that raced the loss applied after the replay.
+//! resolved exactly once, commands that raced the loss applied after the replay or expired,
+//! and stream consumers resumed after their last delivery.
 
 use std::time::Duration;
 
-use lepus_codec::FieldTable;
+use lepus_codec::{BasicProperties, ContentHeader, FieldTable, FieldValue, Frame, Method, method::basic};
 
 use super::{Harness, three_nodes};
 use crate::{
     ConnectionEvent, ConsumeOptions, Error, ExchangeDeclareOptions, ExchangeKind, PublishOptions, QueueDeclareOptions,
-    QueueDeleteOptions, RecoveryOptions, WhileDisconnected,
+    QueueDeleteOptions, RecoveryOptions, StreamOffset, WhileDisconnected,
     recovery::backoff::{Backoff, SplitMix64},
 };
 
@@ -319,6 +320,75 @@ async fn commands_that_raced_the_loss_expire_after_the_wait_timeout() {
         let sent = h.broker.described(1);
         assert!(!sent.iter().any(|m| m.contains("basic.qos") || m.contains("basic.publish")), "{sent:?}");
     }
+}
+
+/// A stream consumer resumes after the last delivery it was given, not where it first
+/// started: the replayed `basic.consume` asks for the next offset, so nothing is delivered
+/// twice; a delivery still queued is read after the recovery as before it. A stream
+/// consumer that got nothing yet starts where it asked to.
+#[tokio::test]
+async fn stream_consumers_resume_after_their_last_delivery() {
+    let mut h = Harness::connected(three_nodes(), 17);
+    let ch = h.open_channel().await;
+    h.run(ch.basic_qos(100, false)).await.unwrap();
+    let consume = ConsumeOptions::stream(StreamOffset::First);
+    let mut read = h
+        .run(ch.basic_consume("events", ConsumeOptions { consumer_tag: "s.read".into(), ..consume.clone() }))
+        .await
+        .unwrap();
+    let _idle =
+        h.run(ch.basic_consume("events", ConsumeOptions { consumer_tag: "s.idle".into(), ..consume })).await.unwrap();
+    for (tag, offset) in [(1, 10), (2, 11), (3, 12)] {
+        h.feed(stream_delivery(ch.id(), "s.read", tag, offset));
+    }
+    h.turns();
+    for offset in [10, 11] {
+        let delivery = h.run(read.next()).await.unwrap().unwrap();
+        assert_eq!(delivery.stream_offset(), Some(offset));
+    }
+    h.lose(reset());
+    let attempt = h.next_attempt().unwrap();
+    h.connect(attempt);
+    let offsets: Vec<(String, Option<FieldValue>)> = h
+        .broker
+        .log
+        .iter()
+        .filter(|(i, ..)| *i == 1)
+        .filter_map(|(_, _, m)| match m {
+            Method::BasicConsume(c) => {
+                Some((c.consumer_tag.as_str().unwrap().to_owned(), c.arguments.get("x-stream-offset").cloned()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        offsets,
+        [
+            ("s.read".to_owned(), Some(FieldValue::I64(13))),
+            ("s.idle".to_owned(), Some(FieldValue::from(StreamOffset::First))),
+        ]
+    );
+    let queued = h.run(read.next()).await.unwrap().unwrap();
+    assert_eq!(queued.stream_offset(), Some(12), "the delivery queued at the loss is still read");
+}
+
+/// A delivery from a stream: `x-stream-offset` in its headers.
+fn stream_delivery(channel: u16, consumer_tag: &str, delivery_tag: u64, offset: i64) -> Vec<Frame> {
+    let mut headers = FieldTable::new();
+    headers.insert("x-stream-offset", FieldValue::I64(offset)).unwrap();
+    let properties = BasicProperties { headers: Some(headers), ..BasicProperties::default() };
+    let deliver = basic::Deliver {
+        consumer_tag: super::short(consumer_tag),
+        delivery_tag,
+        redelivered: false,
+        exchange: lepus_codec::ShortStr::new(),
+        routing_key: super::short("events"),
+    };
+    vec![
+        Frame::Method(channel, deliver.into()),
+        Frame::Header(channel, ContentHeader::new(4, properties)),
+        Frame::Body(channel, bytes::Bytes::from_static(b"data")),
+    ]
 }
 
 /// Polls `fut` once, within the runtime; `Some` if it finished.
