@@ -195,11 +195,9 @@ async fn b2_stop_app_start_app(ctx: &Ctx) {
     let ConnectionEvent::Disconnected { reason } = event else { unreachable!() };
     println!("    disconnected: {reason}");
     // The broker sends 320 and closes the socket; with a publisher writing, the client's
-    // write can meet the reset before the close frame is read.
-    assert!(
-        is_forced(&reason) || matches!(reason, Error::Io(_)),
-        "B2: stop_app closes with 320 (or a reset), got {reason:?}"
-    );
+    // write can meet the reset before the close frame is read, and the driver then reads
+    // the frame it left behind (fake_broker_faults.rs, b2_...): the reason is the 320.
+    assert!(is_forced(&reason), "B2: stop_app closes with 320, got {reason:?}");
     assert!(conn.is_recovering(), "B2: recovering while the application is stopped");
     let at_loss = publisher.published();
     // The outage itself (not synchronisation): the broker stays down this long.

@@ -744,3 +744,62 @@ async fn racing_a_dropped_socket(check_tasks: bool) {
     }
     assert!(fake.errors().is_empty(), "{:?}", fake.errors());
 }
+
+/// B1/B2 as the socket sees them: the broker sends `connection.close` (320, as on
+/// `stop_app` or `close_connection`) and its socket is gone at once (an RST) while the
+/// client is busy writing publishes. The client must report the broker's close, with its
+/// code and text, not the bare reset its next write runs into: the close frame is already
+/// in its receive buffer. Rounds vary how many publishes go before the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b2_a_close_then_a_reset_under_publishes_reports_the_close() {
+    const ROUNDS: usize = 30;
+    const TEXT: &str = "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'";
+    let fake = FakeBroker::new()
+        .start_each(|mut peer, i| async move {
+            for _ in 0..20 + (i * 37) % 200 {
+                peer.wait_for(|_, m| matches!(m, Method::BasicPublish(_))).await?;
+            }
+            let close = connection::Close {
+                reply_code: ReplyCode::CONNECTION_FORCED,
+                reply_text: short(TEXT),
+                class_id: 0,
+                method_id: 0,
+            };
+            peer.send_frame(Frame::Method(0, close.into())).await?;
+            peer.reset()
+        })
+        .within(WAIT)
+        .await
+        .unwrap();
+    let mut resets = 0;
+    for round in 0..ROUNDS {
+        let options = fake.options().recovery(lepus::RecoveryOptions::disabled());
+        let conn = connect(options).await;
+        let channel = within(WAIT, "open", conn.open_channel()).await.unwrap();
+        let publishers: Vec<JoinHandle<()>> = (0..2)
+            .map(|_| {
+                let channel = channel.clone();
+                tokio::spawn(async move {
+                    let body = vec![0u8; 2048];
+                    while channel
+                        .basic_publish("", "q", body.clone(), PublishOptions::default())
+                        .within(WAIT)
+                        .await
+                        .is_ok()
+                    {}
+                })
+            })
+            .collect();
+        let reason = within(WAIT, "the connection to close", conn.closed()).await;
+        for publisher in publishers {
+            within(WAIT, "a publisher to stop", publisher).await.unwrap();
+        }
+        match &reason {
+            Error::ConnectionClosed(r) if r.reply_code == ReplyCode::CONNECTION_FORCED && r.reply_text == TEXT => {}
+            Error::Io(_) => resets += 1,
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+    assert_eq!(resets, 0, "{resets} of {ROUNDS} rounds reported the reset instead of the broker's close");
+    assert!(fake.errors().is_empty(), "{:?}", fake.errors());
+}

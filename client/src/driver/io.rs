@@ -4,11 +4,14 @@
 
 use std::{collections::VecDeque, io::IoSlice, time::Duration};
 
-use bytes::{Buf, Bytes};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::Error;
 
+/// How long [`read_last_words`] may take at most, and how much it reads at most.
+const LAST_WORDS: Duration = Duration::from_millis(100);
+const LAST_WORDS_MAX: usize = 1 << 20;
 /// Segments handed to one vectored write.
 const MAX_IOV: usize = 64;
 /// How long the driver tries to write what is left (a close-ok, a connection.close) once
@@ -56,6 +59,28 @@ fn advance(out: &mut VecDeque<Bytes>, mut n: usize) {
             n = 0;
         }
     }
+}
+
+/// Reads what the peer sent before its socket went away, after a write to it failed: its
+/// last frames (a `connection.close` saying why, say) are still in our socket. A dead
+/// socket answers a read at once (data, end of file or an error), so this returns as soon
+/// as the reactor has seen it; [`LAST_WORDS`] bounds it all the same. Returns the bytes
+/// read (at most [`LAST_WORDS_MAX`]).
+pub(super) async fn read_last_words<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut BytesMut) -> usize {
+    let mut total = 0;
+    let read = async {
+        while total < LAST_WORDS_MAX {
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(64 * 1024);
+            }
+            match reader.read_buf(buf).await {
+                Ok(n) if n > 0 => total += n,
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LAST_WORDS, read).await;
+    total
 }
 
 /// The end of the socket: if `flush`, what is left is written for at most [`FINAL_FLUSH`];

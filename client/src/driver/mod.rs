@@ -130,7 +130,14 @@ impl Driver {
                 biased;
                 result = io::write_some(&mut writer, &mut e.out, &mut e.needs_flush), if writing => match result {
                     Ok(n) => e.written(n),
-                    Err(err) => e.io_failed(err),
+                    Err(err) => {
+                        // The broker may have said why before its socket went away (a
+                        // connection.close with 320, say): that is the reason, not the error
+                        // our write ran into. Its frames wait in the socket: read them first.
+                        io::read_last_words(&mut reader, &mut e.read_buf).await;
+                        e.received(Instant::now());
+                        e.io_failed(err);
+                    }
                 },
                 result = reader.read_buf(&mut e.read_buf), if reading => match result {
                     Ok(0) => {
