@@ -111,6 +111,7 @@ impl DeliveryQueue {
         let waker = inner.waker.take();
         drop(inner);
         self.conn.add_unread(bytes);
+        self.conn.settlements.delivered();
         if let (Some(body_bytes), Some(metrics)) = (body_bytes, self.conn.metrics()) {
             metrics.delivered(body_bytes);
         }

@@ -119,6 +119,8 @@ struct Driver {
     /// The application's close, as the reason handles see when it comes while the
     /// connection is down (no state machine then carries it).
     app_close: Option<Error>,
+    /// Takes the buffered settlements each turn (see `settle_buffer.rs`).
+    settle: crate::settle_buffer::Deferral,
 }
 
 /// Runs the connection, recovering it as often as the options allow, then releases
@@ -152,6 +154,7 @@ pub(crate) async fn run(setup: Setup) {
         parked: VecDeque::new(),
         final_error: None,
         app_close: None,
+        settle: crate::settle_buffer::Deferral::new(),
         options,
     };
     let mut next = Some(opened);
@@ -196,6 +199,7 @@ impl Driver {
         let mut timer_at = None;
         loop {
             let now = Instant::now();
+            self.settle.apply(&self.shared, &mut self.proto);
             self.take_commands(now);
             self.pump(now);
             self.update_reading(now);
@@ -213,6 +217,8 @@ impl Driver {
             let taking = !self.handles_gone && self.unwritten <= MAX_UNWRITTEN;
             let shared = self.shared.clone();
             let handshaking = handshake_deadline.filter(|_| self.recovery.is_some() && !self.proto.is_open());
+            self.settle.park(&self.shared);
+            let deferring = self.settle.is_armed();
             tokio::select! {
                 biased;
                 result = io::write_some(&mut writer, &mut self.out, &mut self.needs_flush), if writing => match result {
@@ -238,6 +244,8 @@ impl Driver {
                     }
                 },
                 () = shared.resume_reading.notified(), if !self.reading => {},
+                () = shared.settlements.wake.notified() => {},
+                () = self.settle.expired(), if deferring => {},
                 () = &mut timer, if deadline.is_some() => self.proto.handle_timeout(Instant::now()),
                 () = sleep_until(handshaking), if handshaking.is_some() => {
                     self.io_failed = true;
