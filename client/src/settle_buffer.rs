@@ -142,7 +142,7 @@ impl Settlements {
         }
     }
 
-    /// The driver queued a delivery for a consumer.
+    /// The driver queued a delivery for a consumer that acks.
     pub(crate) fn delivered(&self) {
         // Only the driver writes it: a plain store, no read-modify-write per delivery.
         if !self.delivered.load(Ordering::Relaxed) {
@@ -174,7 +174,8 @@ pub(crate) struct Deferral {
     armed: bool,
     /// The timer fired in the last park.
     fired: bool,
-    /// A fired timer found nothing, and no delivery came since: do not defer.
+    /// No delivery to be acked came since a fired timer found nothing (or since the
+    /// start): do not defer (no-ack consumers never make the driver defer).
     idle: bool,
     batch: Vec<Settlement>,
 }
@@ -185,7 +186,7 @@ impl Deferral {
             timer: Box::pin(tokio::time::sleep(DEFERRAL)),
             armed: false,
             fired: false,
-            idle: false,
+            idle: true,
             batch: Vec::new(),
         }
     }
