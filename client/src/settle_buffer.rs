@@ -7,17 +7,19 @@
 //! read everything it holds, waits for the driver too. So a settlement goes into this
 //! per-connection buffer, and the driver takes the buffer at the start of every turn.
 //!
-//! The driver is woken for a settlement unless it has promised to look soon by itself: it
-//! arms that promise when it parks while consumers still hold deliveries they have not
-//! yielded (they will ack them), and keeps it with a timer of [`DEFERRAL`]. So a settlement
-//! reaches the state machine at once, or within [`DEFERRAL`] if the driver was armed, even
-//! when nothing else happens on the connection. A consumer whose stream is about to wait
-//! wakes the driver if the buffered acks may be what the broker waits for (half its
-//! channel's prefetch or more), so that a prefetch window does not wait for the timer; with
-//! fewer, the broker still has room to deliver, and the driver takes the acks when it reads
-//! those deliveries. A timer that fired with nothing to take stops the deferral until the
-//! next deliveries come (a consumer that holds deliveries and stopped reading must not make
-//! the driver tick).
+//! On the multi-thread runtime the driver is woken for a settlement unless it has promised
+//! to look soon by itself: it arms that promise when it parks while consumers still hold
+//! deliveries they have not yielded (they will ack them), and keeps it with a timer of
+//! [`DEFERRAL`]. So a settlement reaches the state machine at once, or within [`DEFERRAL`]
+//! if the driver was armed, even when nothing else happens on the connection. A consumer
+//! whose stream is about to wait wakes the driver if the buffered acks may be what the
+//! broker waits for (half its channel's prefetch or more), so that a prefetch window does
+//! not wait for the timer; with fewer, the broker still has room to deliver, and the driver
+//! takes the acks when it reads those deliveries. A timer that fired with nothing to take
+//! stops the deferral until the next deliveries come (a consumer that holds deliveries and
+//! stopped reading must not make the driver tick). On the current-thread runtime the driver
+//! never defers: the settling task and the driver share the thread, a wake-up is no
+//! hand-off, and deferring measured slower there.
 //!
 //! Order: every other command a handle sends first moves the buffered settlements into the
 //! command queue ([`Settlements::move_into`]), under the buffer's lock, so a settlement never
@@ -169,7 +171,9 @@ impl Default for Settlements {
 /// The driver's side: takes the buffer each turn, and decides when it parks whether to
 /// arm the deferral.
 pub(crate) struct Deferral {
-    timer: Pin<Box<Sleep>>,
+    /// `None` on a current-thread runtime: there the settling task and the driver share the
+    /// thread, a wake-up is no hand-off, and deferring saves nothing.
+    timer: Option<Pin<Box<Sleep>>>,
     /// Mirrors `Settlements::armed`, as the driver last set it.
     armed: bool,
     /// The timer fired in the last park.
@@ -183,7 +187,8 @@ pub(crate) struct Deferral {
 impl Deferral {
     pub(crate) fn new() -> Self {
         Deferral {
-            timer: Box::pin(tokio::time::sleep(DEFERRAL)),
+            timer: (tokio::runtime::Handle::current().runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread)
+                .then(|| Box::pin(tokio::time::sleep(DEFERRAL))),
             armed: false,
             fired: false,
             idle: true,
@@ -221,11 +226,12 @@ impl Deferral {
             settlements.delivered.store(false, Ordering::Relaxed);
             self.idle = false;
         }
+        let Some(timer) = self.timer.as_mut() else { return };
         if self.idle || (settlements.in_hand.load(Ordering::SeqCst) == 0 && conn.unread() == 0) {
             return;
         }
         // Later than the last deadline, mostly: tokio then moves it without its lock.
-        self.timer.as_mut().reset(tokio::time::Instant::now() + DEFERRAL);
+        timer.as_mut().reset(tokio::time::Instant::now() + DEFERRAL);
         settlements.armed.store(true, Ordering::SeqCst);
         self.armed = true;
     }
@@ -237,7 +243,10 @@ impl Deferral {
 
     /// Completes when the armed timer fires.
     pub(crate) async fn expired(&mut self) {
-        self.timer.as_mut().await;
+        match self.timer.as_mut() {
+            Some(timer) => timer.as_mut().await,
+            None => std::future::pending().await,
+        }
         self.fired = true;
     }
 }
