@@ -251,7 +251,9 @@ impl Channel {
 
     /// Sets the prefetch: per consumer (`global == false`, RabbitMQ's meaning) or per channel.
     pub async fn basic_qos(&self, prefetch_count: u16, global: bool) -> Result<(), Error> {
-        self.call_ok("basic_qos", basic::Qos { prefetch_size: 0, prefetch_count, global }.into()).await
+        self.call_ok("basic_qos", basic::Qos { prefetch_size: 0, prefetch_count, global }.into()).await?;
+        self.shared().set_prefetch(prefetch_count);
+        Ok(())
     }
 
     /// Starts a consumer on a queue. Without a consumer tag, one unique on this connection

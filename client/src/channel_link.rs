@@ -42,11 +42,12 @@ impl ChannelLink {
         call_span(&self.shared.conn, self.shared.key().id, method)
     }
 
-    /// Hands an ack, nack or reject for a delivery of incarnation `key` to the driver.
+    /// Hands an ack, nack or reject for a delivery of incarnation `key` to the driver
+    /// (through the connection's settlement buffer, see `settle_buffer.rs`).
     pub(crate) fn settle(&self, key: ChannelKey, method: Method) -> Result<(), Error> {
         // Read before the method moves into the command, counted once it is handed over.
         let count = self.shared.conn.metrics().map(|metrics| (metrics, Settlement::of(&method)));
-        self.commands.send(Command::Settle { key, method })?;
+        self.commands.settle(key, method)?;
         if let Some((metrics, settlement)) = count {
             settlement.count(metrics);
         }

@@ -5,7 +5,7 @@
 
 use std::sync::{
     Arc, Mutex, PoisonError,
-    atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
+    atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU64, Ordering},
 };
 
 use lepus_codec::Content;
@@ -35,6 +35,9 @@ pub(crate) struct ChannelShared {
     /// For the metrics hook: `NOT_COUNTED`, `COUNTED_OPEN` or `COUNTED_CLOSED`, so that a
     /// channel counts as closed only if it counted as opened, and each once.
     counted: AtomicU8,
+    /// The `basic.qos` prefetch count last set on this channel (0: none, or unlimited): how
+    /// many unacked deliveries make the broker wait for acks (see `settle_buffer.rs`).
+    prefetch: AtomicU16,
 }
 
 const NOT_COUNTED: u8 = 0;
@@ -67,6 +70,7 @@ impl ChannelShared {
             returns_dropped: AtomicU64::new(0),
             covered: CoveredThrough::default(),
             counted: AtomicU8::new(NOT_COUNTED),
+            prefetch: AtomicU16::new(0),
         })
     }
 
@@ -162,6 +166,16 @@ impl ChannelShared {
 
     pub(crate) fn flow_rx(&self) -> watch::Receiver<bool> {
         self.flow.subscribe()
+    }
+
+    /// The prefetch count the broker accepted last on this channel (0 if none).
+    pub(crate) fn prefetch(&self) -> u16 {
+        self.prefetch.load(Ordering::Relaxed)
+    }
+
+    /// The broker accepted `basic.qos` with this prefetch count.
+    pub(crate) fn set_prefetch(&self, prefetch_count: u16) {
+        self.prefetch.store(prefetch_count, Ordering::Relaxed);
     }
 
     pub(crate) fn confirm_mode(&self) -> bool {

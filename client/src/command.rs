@@ -2,7 +2,9 @@
 //! waiters those commands carry, and the tokens the driver gives the state machine.
 //!
 //! Every command goes through one unbounded, ordered queue, so that nothing overtakes what
-//! was sent before it (an ack, then a close, arrive in that order). Its size is bounded
+//! was sent before it (an ack, then a close, arrive in that order). Acks, nacks and rejects
+//! wait in the connection's settlement buffer first (`settle_buffer.rs`), which every other
+//! command moves into the queue ahead of itself. Its size is bounded
 //! elsewhere: each caller of a synchronous method waits for its reply, acks are bounded by
 //! the deliveries they settle, and publishes take bytes from the connection's publish budget
 //! before they are queued (`ConnShared::publish_budget`), which the driver gives back as it
@@ -165,8 +167,27 @@ impl CommandSender {
     }
 
     /// Queues a command; fails with the close reason once the driver has stopped. Never
-    /// waits, so it can be used from `Drop`.
+    /// waits, so it can be used from `Drop`. Buffered settlements go first (see
+    /// `settle_buffer.rs`): nothing overtakes an ack made before it.
     pub(crate) fn send(&self, cmd: Command) -> Result<(), Error> {
+        self.conn.settlements.move_into(|settle| {
+            // A driver that stopped refuses them all, and so `cmd` below.
+            let _ = self.tx.send(settle);
+        });
         self.tx.send(cmd).map_err(|_| self.conn.closed_error())
+    }
+
+    /// Buffers a settlement for the driver, which takes it without being woken when it
+    /// will look soon anyway (see `settle_buffer.rs`). While the connection is down it is
+    /// queued like any command: the driver applies it at once (and refuses a stale one).
+    pub(crate) fn settle(&self, key: ChannelKey, method: Method) -> Result<(), Error> {
+        if self.tx.is_closed() {
+            return Err(self.conn.closed_error());
+        }
+        if self.conn.is_down() {
+            return self.send(Command::Settle { key, method });
+        }
+        self.conn.settlements.push(key, method);
+        Ok(())
     }
 }

@@ -31,6 +31,9 @@ pub struct Consumer {
     queue: Arc<DeliveryQueue>,
     /// Deliveries taken from the queue, not yet returned.
     local: VecDeque<DeliveryItem>,
+    /// How many of `local` count in the connection's deliveries in hand (see
+    /// `settle_buffer.rs`): all of one take, released when `local` runs dry.
+    in_hand: usize,
     link: Arc<ChannelLink>,
     done: bool,
 }
@@ -43,7 +46,7 @@ impl std::fmt::Debug for Consumer {
 
 impl Consumer {
     pub(crate) fn new(tag: ShortStr, queue: Arc<DeliveryQueue>, link: Arc<ChannelLink>) -> Self {
-        Consumer { tag, queue, local: VecDeque::new(), link, done: false }
+        Consumer { tag, queue, local: VecDeque::new(), in_hand: 0, link, done: false }
     }
 
     /// The consumer tag.
@@ -65,7 +68,11 @@ impl Consumer {
         self.link.call(cancel.into()).await.map(|_| ())
     }
 
-    fn yield_item(&self, item: DeliveryItem) -> Result<Delivery, Error> {
+    fn yield_item(&mut self, item: DeliveryItem) -> Result<Delivery, Error> {
+        if self.local.is_empty() {
+            // The driver defers acks while consumers hold deliveries: none held here now.
+            self.link.shared.conn.settlements.yielded(std::mem::take(&mut self.in_hand));
+        }
         item.map(|d| {
             let acker = Acker { link: self.link.clone(), key: d.channel, no_ack: self.queue.no_ack };
             Delivery::new(d, acker)
@@ -85,11 +92,19 @@ impl Stream for Consumer {
         }
         let this = &mut *self;
         match this.queue.poll_take(cx, &mut this.local) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => match this.local.pop_front() {
-                Some(item) => Poll::Ready(Some(this.yield_item(item))),
-                None => Poll::Pending,
-            },
+            Poll::Pending => {
+                // Acks the broker may be waiting for go out before this waits.
+                this.link.shared.conn.settlements.consumer_waits(this.link.shared.prefetch());
+                Poll::Pending
+            }
+            Poll::Ready(None) => {
+                this.in_hand = this.local.len();
+                this.link.shared.conn.settlements.taken(this.in_hand);
+                match this.local.pop_front() {
+                    Some(item) => Poll::Ready(Some(this.yield_item(item))),
+                    None => Poll::Pending,
+                }
+            }
             Poll::Ready(Some(end)) => {
                 this.done = true;
                 match end {
@@ -107,6 +122,7 @@ impl Drop for Consumer {
     fn drop(&mut self) {
         // From now on the driver gives back whatever still arrives for this consumer.
         let (queued, cancel) = self.queue.drop_consumer();
+        self.link.shared.conn.settlements.yielded(std::mem::take(&mut self.in_hand));
         let mut items = std::mem::take(&mut self.local);
         items.extend(queued);
         if items.is_empty() && !cancel {

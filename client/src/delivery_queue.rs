@@ -133,6 +133,10 @@ impl DeliveryQueue {
         let waker = inner.waker.take();
         drop(inner);
         self.conn.add_unread(bytes);
+        if !self.no_ack {
+            // Acks will follow: the driver may defer them (see `settle_buffer.rs`).
+            self.conn.settlements.delivered();
+        }
         if let (Some(body_bytes), Some(metrics)) = (body_bytes, self.conn.metrics()) {
             metrics.delivered(body_bytes);
         }

@@ -73,6 +73,7 @@ mod publish;
 mod queue_args;
 pub mod recovery;
 mod settle;
+mod settle_buffer;
 mod stream_offset;
 pub mod tls;
 #[cfg(feature = "trace-context")]

@@ -51,6 +51,8 @@ struct Driver {
     engine: Engine,
     commands: mpsc::UnboundedReceiver<Command>,
     socket: SocketControl,
+    /// Takes the buffered settlements each turn (see `settle_buffer.rs`).
+    settle: crate::settle_buffer::Deferral,
 }
 
 /// Runs the connection, recovering it as often as the engine asks, then releases
@@ -67,7 +69,12 @@ pub(crate) async fn run(setup: Setup) {
         connected,
         seed: crate::recovery::backoff::seed(),
     });
-    let mut d = Driver { engine, commands, socket: SocketControl::disconnected() };
+    let mut d = Driver {
+        engine,
+        commands,
+        socket: SocketControl::disconnected(),
+        settle: crate::settle_buffer::Deferral::new(),
+    };
     let mut next = Some(opened);
     while let Some(opened) = next.take() {
         d.session(opened).await;
@@ -105,6 +112,7 @@ impl Driver {
         let mut timer_at = None;
         loop {
             let now = Instant::now();
+            self.settle.apply(&self.engine.shared, &mut self.engine.proto);
             self.take_commands(now);
             self.engine.end_turn(now);
             if let Some(UnackedLimit(limit)) = self.engine.poll_unacked_limit() {
@@ -126,6 +134,8 @@ impl Driver {
             let taking = e.taking_commands();
             let shared = e.shared.clone();
             let handshaking = handshake_deadline.filter(|_| e.handshaking_after_loss());
+            self.settle.park(&shared);
+            let deferring = self.settle.is_armed();
             tokio::select! {
                 biased;
                 result = io::write_some(&mut writer, &mut e.out, &mut e.needs_flush), if writing => match result {
@@ -157,6 +167,8 @@ impl Driver {
                     }
                 },
                 () = shared.resume_reading.notified(), if !reading => {},
+                () = shared.settlements.wake.notified() => {},
+                () = self.settle.expired(), if deferring => {},
                 () = &mut timer, if deadline.is_some() => e.handle_timeout(Instant::now()),
                 () = sleep_until(handshaking), if handshaking.is_some() => {
                     e.io_error(Error::Timeout("the AMQP handshake of a reconnection"));

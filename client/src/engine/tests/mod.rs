@@ -204,6 +204,8 @@ pub(super) struct Harness {
     options: ConnectionOptions,
     /// The engine was told the connection is over: commands get the final answer.
     finished: bool,
+    /// Takes the handles' buffered settlements each turn, as the driver does.
+    settle: crate::settle_buffer::Deferral,
 }
 
 /// Options for a connection to three addresses (ports 1, 2, 3), tried in order.
@@ -244,6 +246,7 @@ impl Harness {
             broker: Broker::default(),
             options,
             finished: false,
+            settle: crate::settle_buffer::Deferral::new(),
         };
         h.engine.session_started(false);
         h.turns();
@@ -255,6 +258,7 @@ impl Harness {
     pub(super) fn turns(&mut self) {
         for _ in 0..TURNS {
             let mut moved = false;
+            self.settle.apply(&self.engine.shared, &mut self.engine.proto);
             while let Ok(cmd) = self.commands.try_recv() {
                 if self.finished {
                     self.engine.apply_final(cmd, self.now);

@@ -1,0 +1,97 @@
+//! Acks go to the connection's driver through a buffer that it takes without being woken
+//! when it will look soon anyway (`client/src/settle_buffer.rs`). These tests hold it to its
+//! guarantees against the real broker: a buffered ack reaches the broker in bounded time
+//! even when nothing else ever happens on the connection, and a later command (a channel's
+//! close) never overtakes it.
+//!
+//! The broker's view is read with `basic.qos` prefetch 2: of three messages it delivers two
+//! and keeps the third ready until an ack frees a slot, so the ready count (a passive
+//! `queue.declare`, from a second connection so that its commands do not carry the ack
+//! along) drops to 0 exactly when the ack has arrived.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use lepus::{
+    Channel, Confirmation, ConsumeOptions, Consumer, Delivery, FieldTable, PublishOptions, QueueDeleteOptions,
+};
+use lepus_tests::bounded::{Bounded, eventually, within};
+use lepus_tests::util::{connect, ready, unique};
+
+/// The most any single expected event may take.
+const WAIT: Duration = Duration::from_secs(10);
+/// How long a buffered ack may take to reach the broker here: the deferral is 1 ms, the
+/// rest is the broker's round trip on a busy machine. Heartbeats (60 s) are far beyond it.
+const ACK_WITHIN: Duration = Duration::from_secs(2);
+
+async fn next(consumer: &mut Consumer) -> Delivery {
+    match within(WAIT, "a delivery", consumer.next()).await {
+        Some(Ok(d)) => d,
+        other => panic!("expected a delivery, got {other:?}"),
+    }
+}
+
+/// A queue of three confirmed messages, consumed with prefetch 2 on `ch`, once the broker
+/// has sent the two it may (one left ready, as `observer` sees it).
+async fn two_of_three_delivered(ch: &Channel, observer: &Channel, name: &str) -> (String, Consumer) {
+    let q = unique(name);
+    ch.queue_declare(&q, Default::default(), FieldTable::new()).within(WAIT).await.unwrap();
+    ch.confirm_select().within(WAIT).await.unwrap();
+    for i in 0..3u8 {
+        let confirm = ch.basic_publish("", &q, Bytes::from(vec![i]), PublishOptions::default()).within(WAIT).await;
+        assert_eq!(within(WAIT, "a confirm", confirm.unwrap()).await.unwrap(), Confirmation::Ack);
+    }
+    ch.basic_qos(2, false).within(WAIT).await.unwrap();
+    let consumer = ch.basic_consume(&q, ConsumeOptions::default()).within(WAIT).await.unwrap();
+    eventually(WAIT, "two of three delivered", || async { ready(observer, &q).await == 1 }).await;
+    (q, consumer)
+}
+
+/// An ack made while the consumer still holds an unread delivery (the driver defers then),
+/// from another task, with the consumer never polled again and nothing else sent on the
+/// connection: the broker still gets it, and delivers the third message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_reaches_the_broker_when_nothing_else_happens() {
+    let conn = connect().await;
+    let ch = conn.open_channel().within(WAIT).await.unwrap();
+    let observer_conn = connect().await;
+    let observer = observer_conn.open_channel().within(WAIT).await.unwrap();
+    let (q, mut consumer) = two_of_three_delivered(&ch, &observer, "settle.no_hang").await;
+
+    let first = next(&mut consumer).await;
+    assert_eq!(first.body.as_ref(), [0]);
+    // The second delivery stays unread for the rest of the test.
+    within(WAIT, "the ack task", tokio::spawn(async move { first.ack().await })).await.unwrap().unwrap();
+    eventually(ACK_WITHIN, "the broker got the ack and delivered the third", || async {
+        ready(&observer, &q).await == 0
+    })
+    .await;
+
+    observer.queue_delete(&q, QueueDeleteOptions::default()).within(WAIT).await.unwrap();
+    drop(consumer);
+    conn.close().within(WAIT).await.unwrap();
+    observer_conn.close().within(WAIT).await.unwrap();
+}
+
+/// An ack, then at once the channel's close: the ack arrives first, so of the three only
+/// the unacked second and third are requeued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_close_does_not_overtake_its_acks() {
+    let conn = connect().await;
+    let ch = conn.open_channel().within(WAIT).await.unwrap();
+    let observer_conn = connect().await;
+    let observer = observer_conn.open_channel().within(WAIT).await.unwrap();
+    let (q, mut consumer) = two_of_three_delivered(&ch, &observer, "settle.close_order").await;
+
+    let first = next(&mut consumer).await;
+    first.ack().within(WAIT).await.unwrap();
+    ch.close().within(WAIT).await.unwrap();
+    eventually(WAIT, "the unacked messages requeued", || async { ready(&observer, &q).await >= 2 }).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(ready(&observer, &q).await, 2, "the close overtook the ack: the first message was requeued");
+
+    observer.queue_delete(&q, QueueDeleteOptions::default()).within(WAIT).await.unwrap();
+    drop(consumer);
+    conn.close().within(WAIT).await.unwrap();
+    observer_conn.close().within(WAIT).await.unwrap();
+}
