@@ -200,7 +200,7 @@ impl Engine {
     /// The next instant [`Engine::handle_timeout`] must be called at: the state machine's
     /// next deadline, or while the connection is down, the first held-back command's.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        let parked = self.recovery.as_ref().and(self.parked.deadline());
+        let parked = self.recovery.as_ref().and_then(|_| self.parked.deadline());
         match (self.proto.poll_timeout(), parked) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
