@@ -216,7 +216,7 @@ impl Driver {
             let limit = self.engine.options().get_connection_timeout();
             match self.serve_until(tokio::time::timeout(limit, attempt)).await? {
                 Ok(Ok((opened, proto))) => {
-                    self.engine.attempt_connected(address, proto, opened.tls);
+                    self.engine.attempt_connected(address, proto);
                     return Some(opened);
                 }
                 Ok(Err(e)) => self.engine.attempt_failed(&e, Instant::now()),

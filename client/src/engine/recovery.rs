@@ -180,13 +180,12 @@ impl Engine {
     }
 
     /// The attempt's socket is connected and `proto` (its handshake queued) takes over:
-    /// the next session runs it, and the replay starts once its handshake is done.
-    pub(crate) fn attempt_connected(&mut self, address: Address, mut proto: Proto, tls: bool) {
+    /// the next session (`session_started`) runs it, and the replay starts once its handshake is done.
+    pub(crate) fn attempt_connected(&mut self, address: Address, mut proto: Proto) {
         // Epochs go on: a delivery tag of the lost connection never matches.
         proto.continue_epochs(self.proto.next_epoch());
         self.proto = proto;
         self.address = address;
-        self.session_started(tls);
     }
 
     /// Whether the application closed or every handle is gone: a wait for the next attempt

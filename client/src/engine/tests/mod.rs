@@ -339,7 +339,8 @@ impl Harness {
         self.now = attempt.at;
         let proto = state_machine(&self.options, self.now);
         self.broker.new_connection();
-        self.engine.attempt_connected(attempt.address, proto, false);
+        self.engine.attempt_connected(attempt.address, proto);
+        self.engine.session_started(false);
         self.turns();
     }
 
