@@ -1,6 +1,6 @@
 //! Load and bookkeeping for recovery tests (`tests/tests/broker_recovery.rs`): a publisher
-//! that records how each confirm ended, a consumer that records what it got, and a log of
-//! a connection's events that a test can look back on.
+//! that records how each confirm ended, a consumer that records what it got, a log of a
+//! connection's events that a test can look back on, and a wait for the next event.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -29,6 +29,31 @@ pub fn persistent() -> PublishOptions {
 /// A delivery's body as text.
 pub fn body(d: &Delivery) -> String {
     String::from_utf8_lossy(&d.body).into_owned()
+}
+
+/// The next event from `events` that `pred` accepts, skipping the others (and a lag),
+/// within `limit`.
+///
+/// # Panics
+///
+/// When none comes within `limit`, or the events end first.
+pub async fn next_event(
+    events: &mut tokio::sync::broadcast::Receiver<ConnectionEvent>,
+    limit: Duration,
+    what: &str,
+    pred: impl Fn(&ConnectionEvent) -> bool,
+) -> ConnectionEvent {
+    use tokio::sync::broadcast::error::RecvError;
+    crate::bounded::within(limit, what, async {
+        loop {
+            match events.recv().await {
+                Ok(e) if pred(&e) => return e,
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => panic!("events ended while waiting for {what}"),
+            }
+        }
+    })
+    .await
 }
 
 /// Every connection event, with when it came, collected by a task of its own so that a

@@ -13,13 +13,11 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt as _;
 use lepus::{
     Channel, Confirmation, Connection, ConnectionEvent, ConnectionOptions, ConsumeOptions, Consumer, Credentials,
     Delivery, Error, PublishOptions, QueueDeclareOptions, QueueDeleteOptions, RecoveryOptions, ReplyCode,
@@ -27,6 +25,7 @@ use lepus::{
 use lepus_tests::bounded::{Bounded, until};
 use lepus_tests::node::{DEFAULT_START_TIMEOUT, TestNode, TestNodeConfig, free_ports, stop_orphans};
 use lepus_tests::recovery_load::{Collector, EventLog, Outcome, Publisher, acked, body, persistent};
+use lepus_tests::steps::{self, Outcome as StepOutcome};
 
 /// The node's name prefix (see `TestNodeConfig::name`).
 const NODE_NAME: &str = "lepus_recovery_node";
@@ -557,18 +556,6 @@ async fn give_up_is_terminal(ctx: &Ctx) {
 // ---------------------------------------------------------------------------------------
 // The test.
 
-enum Status {
-    Passed,
-    Skipped,
-    Failed(String),
-}
-
-struct StepOutcome {
-    name: &'static str,
-    took: Duration,
-    status: Status,
-}
-
 /// A step: a name and an async function of the shared context.
 type Step = (&'static str, for<'a> fn(&'a Ctx) -> Pin<Box<dyn Future<Output = ()> + 'a>>);
 
@@ -604,35 +591,20 @@ fn repair(ctx: &Ctx) {
     }
 }
 
-/// Runs one step, catching its panic and bounding its time.
+/// Runs one step (see `lepus_tests::steps::run`); after a failure, repairs the node for the
+/// next steps.
 async fn run_step(ctx: &Ctx, (name, body): Step) -> StepOutcome {
-    println!("--- {name}");
-    let started = Instant::now();
-    let status = match tokio::time::timeout(STEP_TIMEOUT, AssertUnwindSafe(body(ctx)).catch_unwind()).await {
-        Ok(Ok(())) => Status::Passed,
-        Ok(Err(panic)) => Status::Failed(
-            panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "panicked".to_owned()),
-        ),
-        Err(_) => Status::Failed(format!("hung: not done after {STEP_TIMEOUT:?}")),
-    };
-    let took = started.elapsed();
-    if let Status::Failed(_) = status {
-        println!("--- {name}: FAILED in {took:.2?}");
+    let outcome = steps::run(name, STEP_TIMEOUT, body(ctx)).await;
+    if outcome.failed() {
         repair(ctx);
-    } else {
-        println!("--- {name}: ok in {took:.2?}");
     }
-    StepOutcome { name, took, status }
+    outcome
 }
 
 #[test]
 fn broker_recovery() {
     let test_started = Instant::now();
-    let selected = lepus_tests::steps::selected(&STEPS.map(|(name, _)| name));
+    let selected = steps::selected(&STEPS.map(|(name, _)| name));
     stop_orphans(NODE_NAME);
     let ports = free_ports(&[5673, 25673]);
     let config = TestNodeConfig {
@@ -656,34 +628,20 @@ fn broker_recovery() {
     let ctx = Ctx { node: Mutex::new(node) };
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let outcomes: Vec<StepOutcome> = STEPS
-        .into_iter()
-        .map(|step| {
-            if selected.contains(&step.0) {
-                rt.block_on(run_step(&ctx, step))
-            } else {
-                StepOutcome { name: step.0, took: Duration::ZERO, status: Status::Skipped }
-            }
-        })
-        .collect();
+    let outcomes: Vec<StepOutcome> =
+        STEPS
+            .into_iter()
+            .map(|step| {
+                if selected.contains(&step.0) {
+                    rt.block_on(run_step(&ctx, step))
+                } else {
+                    StepOutcome::skipped(step.0)
+                }
+            })
+            .collect();
     rt.shutdown_timeout(Duration::from_secs(5));
 
     let stop = ctx.node().stop();
     println!("\nnode start {start_took:.2?}, stop {stop:.2?}; whole test {:.2?}", test_started.elapsed());
-    for o in &outcomes {
-        let status = match o.status {
-            Status::Passed => "ok",
-            Status::Skipped => "skipped",
-            Status::Failed(_) => "FAILED",
-        };
-        println!("{:<40} {:>8.2?}  {status}", o.name, o.took);
-    }
-    let failures: Vec<String> = outcomes
-        .iter()
-        .filter_map(|o| match &o.status {
-            Status::Failed(why) => Some(format!("{}: {why}", o.name)),
-            _ => None,
-        })
-        .collect();
-    assert!(failures.is_empty(), "{} step(s) failed:\n{}", failures.len(), failures.join("\n"));
+    steps::report(&outcomes);
 }

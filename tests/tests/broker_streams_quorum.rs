@@ -18,6 +18,7 @@ use lepus::{
 use lepus_tests::bounded::{Bounded, eventually, until, within};
 use lepus_tests::node::{TestNode, TestNodeConfig};
 use lepus_tests::proxy::Proxy;
+use lepus_tests::recovery_load::next_event;
 use lepus_tests::util::{assert_channel_error, connect, exclusive, unique};
 
 /// The most any single expected event may take.
@@ -280,11 +281,11 @@ async fn stream_consumer(conn: &Connection, stream: &str, options: ConsumeOption
     ch.basic_consume(stream, options).within(WAIT).await.unwrap()
 }
 
-/// Publish 100, then read from each kind of offset and check exactly what arrives.
-async fn stream_offsets(url: &str) {
-    let (conn, ch) = open(url).await;
+/// A new stream named after `prefix` holding `m0`..`m99` at offsets 0..99, each
+/// confirmed; `ch` is left in confirm mode.
+async fn stream_of_100(ch: &Channel, prefix: &str) -> String {
     ch.confirm_select().within(WAIT).await.unwrap();
-    let stream = unique("offsets");
+    let stream = unique(prefix);
     ch.queue_declare(&stream, durable(), stream_args()).within(WAIT).await.unwrap();
     let mut confirms = Vec::new();
     for i in 0..100 {
@@ -294,6 +295,13 @@ async fn stream_offsets(url: &str) {
     for confirm in confirms {
         assert!(within(WAIT, "a confirm", confirm).await.unwrap().is_ack());
     }
+    stream
+}
+
+/// Publish 100, then read from each kind of offset and check exactly what arrives.
+async fn stream_offsets(url: &str) {
+    let (conn, ch) = open(url).await;
+    let stream = stream_of_100(&ch, "offsets").await;
 
     let mut first = stream_consumer(&conn, &stream, ConsumeOptions::stream(StreamOffset::First)).await;
     assert_eq!(take(&mut first, 100).await, expected("m", 0..100, 0), "from first");
@@ -352,25 +360,15 @@ async fn stream_consumer_resumes_after_a_loss(node: &TestNode) {
         .unwrap();
     let mut events = conn.events();
     let ch = conn.open_channel().within(WAIT).await.unwrap();
-    ch.confirm_select().within(WAIT).await.unwrap();
-    let stream = unique("resume");
-    ch.queue_declare(&stream, durable(), stream_args()).within(WAIT).await.unwrap();
-    let mut confirms = Vec::new();
-    for i in 0..100 {
-        let publish = ch.basic_publish("", &stream, format!("m{i}").into_bytes(), PublishOptions::default());
-        confirms.push(publish.within(WAIT).await.unwrap());
-    }
-    for confirm in confirms {
-        assert!(within(WAIT, "a confirm", confirm).await.unwrap().is_ack());
-    }
+    let stream = stream_of_100(&ch, "resume").await;
     let mut consumer = stream_consumer(&conn, &stream, ConsumeOptions::stream(StreamOffset::First)).await;
     assert_eq!(take(&mut consumer, 40).await, expected("m", 0..40, 0), "before the loss");
 
     proxy.reset();
-    wait_for(&mut events, "disconnected", |e| matches!(e, ConnectionEvent::Disconnected { .. })).await;
+    next_event(&mut events, WAIT, "disconnected", |e| matches!(e, ConnectionEvent::Disconnected { .. })).await;
     // The connection saw the reset: new ones may pass.
     proxy.resume();
-    wait_for(&mut events, "recovered", |e| matches!(e, ConnectionEvent::Recovered { .. })).await;
+    next_event(&mut events, WAIT, "recovered", |e| matches!(e, ConnectionEvent::Recovered { .. })).await;
     let mut got = Vec::new();
     let mut stale = 0;
     for _ in 40..100 {
@@ -387,23 +385,6 @@ async fn stream_consumer_resumes_after_a_loss(node: &TestNode) {
     println!("stream consumer resumed at offset 40 + queued; {stale} stale acks refused");
     ch.queue_delete(&stream, QueueDeleteOptions::default()).within(WAIT).await.unwrap();
     conn.close().within(WAIT).await.unwrap();
-}
-
-/// Waits for a connection event matching `pred`, skipping others.
-async fn wait_for(
-    events: &mut tokio::sync::broadcast::Receiver<ConnectionEvent>,
-    what: &str,
-    pred: fn(&ConnectionEvent) -> bool,
-) {
-    within(WAIT, what, async {
-        while let Ok(event) = events.recv().await {
-            if pred(&event) {
-                return;
-            }
-        }
-        panic!("events ended while waiting for {what}");
-    })
-    .await;
 }
 
 /// The broker's `major.minor`, from its `version` server property.

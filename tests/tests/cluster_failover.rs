@@ -12,11 +12,9 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt as _;
 use lepus::{
     Address, Channel, Confirmation, Connection, ConnectionOptions, ConsumeOptions, Error, FieldTable, PublishOptions,
     QueueArguments, QueueDeclareOptions, QueueDeleteOptions, QueueType, RecoveryOptions,
@@ -24,6 +22,7 @@ use lepus::{
 use lepus_tests::bounded::{Bounded, eventually, until, within};
 use lepus_tests::cluster::{TestCluster, ctl};
 use lepus_tests::node::{TestNode, free_ports};
+use lepus_tests::steps::{self, Outcome as StepOutcome};
 use lepus_tests::traffic::{Consuming, EventLog, Outcome, Publisher};
 use lepus_tests::util::unique;
 
@@ -308,29 +307,10 @@ const STEPS: [Step; 2] = [
     ("failover_address_list", |ctx| Box::pin(failover_address_list(ctx))),
 ];
 
-/// Runs one step, catching its panic and bounding its time: `None` if it passed.
-async fn run_step(ctx: &Ctx, (name, body): Step) -> Option<String> {
-    println!("--- {name}");
-    let started = Instant::now();
-    let failure = match tokio::time::timeout(STEP_TIMEOUT, AssertUnwindSafe(body(ctx)).catch_unwind()).await {
-        Ok(Ok(())) => None,
-        Ok(Err(panic)) => Some(
-            panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "panicked".to_owned()),
-        ),
-        Err(_) => Some(format!("hung: not done after {STEP_TIMEOUT:?}")),
-    };
-    println!("--- {name}: {} in {:.2?}", if failure.is_some() { "FAILED" } else { "ok" }, started.elapsed());
-    failure
-}
-
 #[test]
 fn cluster_failover() {
     let started = Instant::now();
-    let selected = lepus_tests::steps::selected(&STEPS.map(|(name, _)| name));
+    let selected = steps::selected(&STEPS.map(|(name, _)| name));
     let cluster = TestCluster::start(CLUSTER_NAME, 3).unwrap_or_else(|e| panic!("starting the cluster: {e}"));
     println!(
         "cluster booted in {:.2?} (in parallel), joined in {:.2?}: {:?}",
@@ -340,14 +320,19 @@ fn cluster_failover() {
     );
     let ctx = Ctx { cluster };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let failures: Vec<String> = STEPS
+    let outcomes: Vec<StepOutcome> = STEPS
         .into_iter()
-        .filter(|step| selected.contains(&step.0))
-        .filter_map(|step| rt.block_on(run_step(&ctx, step)).map(|why| format!("{}: {why}", step.0)))
+        .map(|(name, body)| {
+            if selected.contains(&name) {
+                rt.block_on(steps::run(name, STEP_TIMEOUT, body(&ctx)))
+            } else {
+                StepOutcome::skipped(name)
+            }
+        })
         .collect();
     rt.shutdown_timeout(Duration::from_secs(5));
     let stopping = Instant::now();
     drop(ctx);
     println!("cluster stopped in {:.2?}; whole test {:.2?}", stopping.elapsed(), started.elapsed());
-    assert!(failures.is_empty(), "{} step(s) failed:\n{}", failures.len(), failures.join("\n"));
+    steps::report(&outcomes);
 }

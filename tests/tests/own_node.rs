@@ -12,11 +12,9 @@
 //! `LEPUS_KEEP_NODE_DIR=1` keeps the node's directory (config, logs) afterwards.
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt as _;
 use lepus::tls::TlsError;
 use lepus::{
     AuthMechanism, Channel, Confirmation, Connection, ConnectionEvent, ConnectionOptions, ConsumeOptions, Consumer,
@@ -26,6 +24,7 @@ use lepus_codec::{Frame, Method};
 use lepus_tests::bounded::{Bounded, stays_pending};
 use lepus_tests::node::{DEFAULT_START_TIMEOUT, NodeTls, TestNode, TestNodeConfig, free_ports, stop_orphans};
 use lepus_tests::raw::RawSession;
+use lepus_tests::steps::{self, Outcome};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
@@ -636,18 +635,6 @@ async fn b2_stop_app(ctx: &Ctx) {
 // ---------------------------------------------------------------------------------------
 // The test.
 
-enum Status {
-    Passed,
-    Skipped,
-    Failed(String),
-}
-
-struct Outcome {
-    name: &'static str,
-    took: Duration,
-    status: Status,
-}
-
 /// A step: a name and an async function of the shared context.
 type Step = (&'static str, for<'a> fn(&'a Ctx) -> Pin<Box<dyn Future<Output = ()> + 'a>>);
 
@@ -663,41 +650,25 @@ const STEPS: [Step; 8] = [
     ("b2_stop_app", |ctx| Box::pin(b2_stop_app(ctx))),
 ];
 
-/// Runs one step, catching its panic and bounding its time. After a failure, clears both
-/// alarms so that no alarm is left for the next step.
+/// Runs one step (see `lepus_tests::steps::run`). After a failure, clears both alarms so
+/// that no alarm is left for the next step.
 async fn run_step(ctx: &Ctx, (name, body): Step) -> Outcome {
-    println!("--- {name}");
-    let started = Instant::now();
-    let status = match tokio::time::timeout(STEP_TIMEOUT, AssertUnwindSafe(body(ctx)).catch_unwind()).await {
-        Ok(Ok(())) => Status::Passed,
-        Ok(Err(panic)) => Status::Failed(
-            panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "panicked".to_owned()),
-        ),
-        Err(_) => Status::Failed(format!("hung: not done after {STEP_TIMEOUT:?}")),
-    };
-    let took = started.elapsed();
-    if let Status::Failed(_) = status {
-        println!("--- {name}: FAILED in {took:.2?}");
+    let outcome = steps::run(name, STEP_TIMEOUT, body(ctx)).await;
+    if outcome.failed() {
         for alarm in [MEMORY_ALARM, DISK_ALARM] {
             if let Err(e) = ctx.node.ctl(alarm.clear) {
                 eprintln!("clearing the {} alarm: {e}", alarm.name);
             }
         }
-    } else {
-        println!("--- {name}: ok in {took:.2?}");
     }
-    Outcome { name, took, status }
+    outcome
 }
 
 #[test]
 fn own_node() {
     let test_started = Instant::now();
     // Checked before the node starts: a bad selection fails at once.
-    let selected = lepus_tests::steps::selected(&STEPS.map(|(name, _)| name));
+    let selected = steps::selected(&STEPS.map(|(name, _)| name));
     let ca = Ca::new("lepus own-node CA");
     let server = ca.leaf("localhost", &["localhost", "127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth);
     let client = ca.leaf(EXTERNAL_USER, &[], ExtendedKeyUsagePurpose::ClientAuth);
@@ -736,32 +707,15 @@ fn own_node() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let outcomes: Vec<Outcome> = STEPS
         .into_iter()
-        .map(|step| {
-            if selected.contains(&step.0) {
-                rt.block_on(run_step(&ctx, step))
-            } else {
-                Outcome { name: step.0, took: Duration::ZERO, status: Status::Skipped }
-            }
-        })
+        .map(
+            |step| {
+                if selected.contains(&step.0) { rt.block_on(run_step(&ctx, step)) } else { Outcome::skipped(step.0) }
+            },
+        )
         .collect();
     rt.shutdown_timeout(Duration::from_secs(5));
 
     let stop = ctx.node.stop();
     println!("\nnode start {start_took:.2?}, stop {stop:.2?}; whole test {:.2?}", test_started.elapsed());
-    for o in &outcomes {
-        let status = match o.status {
-            Status::Passed => "ok",
-            Status::Skipped => "skipped",
-            Status::Failed(_) => "FAILED",
-        };
-        println!("{:<28} {:>8.2?}  {status}", o.name, o.took);
-    }
-    let failures: Vec<String> = outcomes
-        .iter()
-        .filter_map(|o| match &o.status {
-            Status::Failed(why) => Some(format!("{}: {why}", o.name)),
-            _ => None,
-        })
-        .collect();
-    assert!(failures.is_empty(), "{} step(s) failed:\n{}", failures.len(), failures.join("\n"));
+    steps::report(&outcomes);
 }

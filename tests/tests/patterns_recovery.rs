@@ -23,6 +23,7 @@ use lepus_patterns::{
 };
 use lepus_tests::bounded::{Bounded, until, within};
 use lepus_tests::node::{TestNode, TestNodeConfig, free_ports, stop_orphans};
+use lepus_tests::recovery_load::next_event;
 use tokio::sync::broadcast;
 
 const NODE_NAME: &str = "lepus_patterns_recovery";
@@ -32,16 +33,7 @@ const WAIT: Duration = Duration::from_secs(20);
 const DOWN_FOR: Duration = Duration::from_secs(3);
 
 async fn event(events: &mut broadcast::Receiver<ConnectionEvent>, what: &str, pred: impl Fn(&ConnectionEvent) -> bool) {
-    within(WAIT, what, async {
-        loop {
-            match events.recv().await {
-                Ok(e) if pred(&e) => return,
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => panic!("events ended while waiting for {what}"),
-            }
-        }
-    })
-    .await;
+    next_event(events, WAIT, what, pred).await;
 }
 
 fn ctl(node: &TestNode, args: &[&str]) {

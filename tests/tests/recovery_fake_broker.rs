@@ -25,6 +25,7 @@ use lepus::{
 };
 use lepus_tests::bounded::{Bounded, within};
 use lepus_tests::fake_broker::{self, FakeBroker, Peer};
+use lepus_tests::recovery_load::next_event;
 use tokio::sync::{Notify, broadcast, mpsc};
 
 /// The longest any single client operation may take before it counts as a hang.
@@ -113,16 +114,7 @@ async fn event(
     what: &str,
     pred: impl Fn(&ConnectionEvent) -> bool,
 ) -> ConnectionEvent {
-    within(WAIT, what, async {
-        loop {
-            match events.recv().await {
-                Ok(e) if pred(&e) => return e,
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => panic!("events ended while waiting for {what}"),
-            }
-        }
-    })
-    .await
+    next_event(events, WAIT, what, pred).await
 }
 
 /// Every method connection `index` received so far (after the ones already taken).
