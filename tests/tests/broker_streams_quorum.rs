@@ -321,10 +321,14 @@ async fn stream_offsets(url: &str) {
     assert_eq!(take(&mut last, 1).await, [("n100".to_owned(), 100)], "from last: the last chunk");
 
     // Chunks carry the time they were written (ms); a timestamp offset is whole seconds.
-    // Every chunk so far was written before `mark`, everything after it at or after `mark`.
+    // Every chunk so far was written before `mark`, everything after it at or after `mark`:
+    // the wait goes half a second past it, because the broker's clock (Erlang's system
+    // time) may lag ours a little, and a chunk it stamps before `mark` would make the
+    // consumer below wait for messages that never come (the likely cause of one CI run in
+    // which this consumer got nothing within 10 s; not reproduced in 4 runs here).
     let mark = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 1;
     until(Duration::from_secs(3), "the clock passes the mark", || {
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() >= mark
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() >= u128::from(mark) * 1000 + 500
     })
     .await;
     for i in 0..10 {
