@@ -71,16 +71,25 @@ async fn c4_a_stalled_application_with_reading_paused_is_not_a_dead_peer() {
             let (channel, method) = peer.wait_for(|_, m| matches!(m, Method::BasicConsume(_))).await?;
             peer.answer(channel, &method).await?;
             let tag = peer.consumer_tags(channel).pop().expect("a consumer tag");
-            // 40 MiB: more than any backlog the client keeps, so it must stop reading.
+            // 72 MiB: more than the client's backlog (16 MiB) and both sockets' buffers
+            // (Linux grows a receive buffer up to tcp_rmem's 32 MiB here, a send buffer to
+            // 4 MiB) can hold, so the client must stop reading.
             let body = vec![b'b'; 1 << 20];
             let send = async {
-                for n in 1..=40 {
+                for n in 1..=72 {
                     peer.send_frames(&fake_broker::delivery(channel, &tag, n, &body, 131_064)).await?;
                 }
                 Ok::<_, std::io::Error>(())
             };
             // The client stops reading part way: the rest of the sends wait, and that is fine.
-            let _ = tokio::time::timeout(Duration::from_secs(10), send).await;
+            // Either way the socket stays open past the test's 5 s: a fake that finished
+            // sending and closed it (an RST, with our heartbeats unread) would fail the
+            // connection for a reason that is not the one under test.
+            let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                let _ = send.await;
+                std::future::pending::<()>().await;
+            })
+            .await;
             Ok(())
         })
         .await
