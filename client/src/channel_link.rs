@@ -43,7 +43,7 @@ impl ChannelLink {
     }
 
     /// Hands an ack, nack or reject for a delivery of incarnation `key` to the driver
-    /// (through the connection's settlement buffer, see `settle_buffer.rs`).
+    /// (which may wait for a driver that looks soon anyway, see `command_queue/mod.rs`).
     pub(crate) fn settle(&self, key: ChannelKey, method: Method) -> Result<(), Error> {
         // Read before the method moves into the command, counted once it is handed over.
         let count = self.shared.conn.metrics().map(|metrics| (metrics, Settlement::of(&method)));

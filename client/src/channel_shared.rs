@@ -36,7 +36,7 @@ pub(crate) struct ChannelShared {
     /// channel counts as closed only if it counted as opened, and each once.
     counted: AtomicU8,
     /// The `basic.qos` prefetch count last set on this channel (0: none, or unlimited): how
-    /// many unacked deliveries make the broker wait for acks (see `settle_buffer.rs`).
+    /// many unacked deliveries make the broker wait for acks (see `command_queue/mod.rs`).
     prefetch: AtomicU16,
 }
 

@@ -1,24 +1,20 @@
 //! What crosses between the handles and the driver task: the commands handles send, the
 //! waiters those commands carry, and the tokens the driver gives the state machine.
 //!
-//! Every command goes through one unbounded, ordered queue, so that nothing overtakes what
-//! was sent before it (an ack, then a close, arrive in that order). Acks, nacks and rejects
-//! wait in the connection's settlement buffer first (`settle_buffer.rs`), which every other
-//! command moves into the queue ahead of itself. Its size is bounded
-//! elsewhere: each caller of a synchronous method waits for its reply, acks are bounded by
-//! the deliveries they settle, and publishes take bytes from the connection's publish budget
-//! before they are queued (`ConnShared::publish_budget`), which the driver gives back as it
-//! takes them.
+//! Every command goes through the connection's one ordered queue (`command_queue/mod.rs`), so
+//! that nothing overtakes what was sent before it (an ack, then a close, arrive in that
+//! order); that module also says when a command wakes the driver.
 
 use std::{collections::VecDeque, sync::Arc};
 
 use bytes::Bytes;
 use lepus_codec::{Method, ReplyCode, ShortStr, method::basic};
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use crate::{
     Error,
     channel_shared::ChannelShared,
+    command_queue::Wake,
     conn_shared::ConnShared,
     delivery_queue::{DeliveryItem, DeliveryQueue},
     proto::{self, ChannelKey, Reply, ReturnKey, Tokens},
@@ -113,6 +109,26 @@ pub(crate) struct ConfirmTx {
     /// What is needed to publish it again after a recovery, when the connection's policy
     /// republishes unconfirmed messages.
     pub(crate) resend: Option<Resend>,
+    /// Counts the confirm as awaited until this waiter is gone.
+    pub(crate) _awaited: AwaitedConfirm,
+}
+
+/// A confirm counted as awaited on its connection (see `command_queue/mod.rs`) for as long as
+/// this lives: whatever ends its waiter (an answer, a failure, the connection dropped)
+/// drops it.
+pub(crate) struct AwaitedConfirm(Arc<ConnShared>);
+
+impl AwaitedConfirm {
+    pub(crate) fn new(conn: &Arc<ConnShared>) -> Self {
+        conn.commands.confirm_awaited();
+        AwaitedConfirm(conn.clone())
+    }
+}
+
+impl Drop for AwaitedConfirm {
+    fn drop(&mut self) {
+        self.0.commands.confirm_settled();
+    }
 }
 
 /// A publish kept for republishing (its frames share the caller's bytes).
@@ -154,40 +170,45 @@ impl Tokens for DriverTokens {
 }
 
 /// The handles' way to the driver. Only handles hold one: when the last is dropped, the
-/// driver sees the queue close and closes the connection.
-#[derive(Clone)]
+/// driver closes the connection.
 pub(crate) struct CommandSender {
-    tx: mpsc::UnboundedSender<Command>,
     pub(crate) conn: Arc<ConnShared>,
 }
 
 impl CommandSender {
-    pub(crate) fn new(tx: mpsc::UnboundedSender<Command>, conn: Arc<ConnShared>) -> Self {
-        CommandSender { tx, conn }
+    pub(crate) fn new(conn: Arc<ConnShared>) -> Self {
+        conn.commands.sender_added();
+        CommandSender { conn }
     }
 
-    /// Queues a command; fails with the close reason once the driver has stopped. Never
-    /// waits, so it can be used from `Drop`. Buffered settlements go first (see
-    /// `settle_buffer.rs`): nothing overtakes an ack made before it.
+    /// Queues a command that wakes the driver; fails with the close reason once the driver
+    /// has stopped. Never waits, so it can be used from `Drop`.
     pub(crate) fn send(&self, cmd: Command) -> Result<(), Error> {
-        self.conn.settlements.move_into(|settle| {
-            // A driver that stopped refuses them all, and so `cmd` below.
-            let _ = self.tx.send(settle);
-        });
-        self.tx.send(cmd).map_err(|_| self.conn.closed_error())
+        self.push(cmd, Wake::Now)
     }
 
-    /// Buffers a settlement for the driver, which takes it without being woken when it
-    /// will look soon anyway (see `settle_buffer.rs`). While the connection is down it is
-    /// queued like any command: the driver applies it at once (and refuses a stale one).
+    /// Queues a command, waking the driver as `wake` says (see `command_queue/mod.rs`).
+    pub(crate) fn push(&self, cmd: Command, wake: Wake) -> Result<(), Error> {
+        self.conn.commands.push(cmd, wake).map_err(|_| self.conn.closed_error())
+    }
+
+    /// Queues a settlement, which may wait for a driver that will look soon anyway. While
+    /// the connection is down it wakes the driver like any command: the driver applies it at
+    /// once (and refuses a stale one).
     pub(crate) fn settle(&self, key: ChannelKey, method: Method) -> Result<(), Error> {
-        if self.tx.is_closed() {
-            return Err(self.conn.closed_error());
-        }
-        if self.conn.is_down() {
-            return self.send(Command::Settle { key, method });
-        }
-        self.conn.settlements.push(key, method);
-        Ok(())
+        let wake = if self.conn.is_down() { Wake::Now } else { Wake::Settlement };
+        self.push(Command::Settle { key, method }, wake)
+    }
+}
+
+impl Clone for CommandSender {
+    fn clone(&self) -> Self {
+        CommandSender::new(self.conn.clone())
+    }
+}
+
+impl Drop for CommandSender {
+    fn drop(&mut self) {
+        self.conn.commands.sender_dropped();
     }
 }

@@ -112,6 +112,14 @@ impl PublisherConfirm {
     pub(crate) fn not_requested(conn: Arc<ConnShared>) -> Self {
         PublisherConfirm { rx: None, conn, deadline: None }
     }
+    /// Pending, or the timeout once the deadline has passed.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<Result<Confirmation, Error>> {
+        match self.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
+            // The outcome is unknown: the broker may still confirm (or not) the message.
+            Some(Poll::Ready(())) => Poll::Ready(Err(Error::Timeout("waiting for a publisher confirm"))),
+            _ => Poll::Pending,
+        }
+    }
 }
 
 impl Future for PublisherConfirm {
@@ -120,11 +128,11 @@ impl Future for PublisherConfirm {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let Some(rx) = self.rx.as_mut() else { return Poll::Ready(Ok(Confirmation::NotRequested)) };
         match Pin::new(rx).poll(cx) {
-            Poll::Pending => match self.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
-                // The outcome is unknown: the broker may still confirm (or not) the message.
-                Some(Poll::Ready(())) => Poll::Ready(Err(Error::Timeout("waiting for a publisher confirm"))),
-                _ => Poll::Pending,
-            },
+            Poll::Pending => {
+                // What this publisher deferred may be what the broker has left to confirm.
+                self.conn.commands.publisher_waits();
+                self.poll_deadline(cx)
+            }
             Poll::Ready(Ok(result)) => Poll::Ready(result.map(Confirmation::from)),
             // The driver is gone without answering: it closed, and that is the answer.
             Poll::Ready(Err(_)) => Poll::Ready(Err(self.conn.closed_error())),

@@ -16,7 +16,7 @@ use std::{
 use lepus_codec::{FieldTable, ReplyCode, ShortStr};
 use tokio::sync::{Notify, Semaphore, broadcast, watch};
 
-use crate::{CloseReason, ConnectionEvent, Error, metrics::Metrics, proto::Tuning, settle_buffer::Settlements};
+use crate::{CloseReason, ConnectionEvent, Error, command_queue::CommandQueue, metrics::Metrics, proto::Tuning};
 
 /// Connection events kept for slow readers of [`crate::Connection::events`].
 const EVENT_CAPACITY: usize = 64;
@@ -86,8 +86,8 @@ pub(crate) struct ConnShared {
     opened: AtomicBool,
     /// Since when the broker blocks the connection, to report how long it did.
     blocked_since: Mutex<Option<Instant>>,
-    /// Acks, nacks and rejects on their way to the driver (see `settle_buffer.rs`).
-    pub(crate) settlements: Settlements,
+    /// The handles' commands on their way to the driver (see `command_queue/mod.rs`).
+    pub(crate) commands: CommandQueue,
 }
 
 impl ConnShared {
@@ -117,7 +117,7 @@ impl ConnShared {
             metrics,
             opened: AtomicBool::new(false),
             blocked_since: Mutex::new(None),
-            settlements: Settlements::new(),
+            commands: CommandQueue::new(),
         }
     }
 

@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use lepus_codec::{FieldTable, FieldValue, ReplyCode, ShortStr};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 use tracing::{Instrument, field};
 
 use crate::{
@@ -112,8 +112,11 @@ impl Connection {
         };
         tracing::Span::current().record("address", field::display(&address));
         let proto = connect::state_machine(&options).await?;
-        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let shared = shared_state(&options);
+        // From here, dropping `commands` (this future abandoned, or the handshake failed)
+        // is what tells the driver to close. Made before the driver starts, which must not
+        // find the queue without senders.
+        let commands = CommandSender::new(shared.clone());
         let (connected_tx, connected_rx) = oneshot::channel();
         tracing::debug!(%address, "connected the socket; starting the handshake");
         let setup = driver::Setup {
@@ -122,14 +125,10 @@ impl Connection {
             opened,
             address: address.clone(),
             rotation,
-            commands: commands_rx,
             shared: shared.clone(),
             connected: connected_tx,
         };
         tokio::spawn(driver::run(setup));
-        // From here, dropping `commands` (this future abandoned, or the handshake failed)
-        // is what tells the driver to close.
-        let commands = CommandSender::new(commands_tx, shared.clone());
         match connected_rx.await {
             Ok(Ok(())) => {
                 tracing::info!(%address, "connected");
@@ -141,11 +140,11 @@ impl Connection {
         }
     }
 
-    /// A handle on a connection whose engine the test drives itself, taking `commands`.
+    /// A handle on a connection whose engine the test drives itself, taking its commands.
     #[cfg(test)]
-    pub(crate) fn from_parts(shared: Arc<ConnShared>, commands: mpsc::UnboundedSender<Command>) -> Self {
+    pub(crate) fn from_parts(shared: Arc<ConnShared>) -> Self {
         let timeout = shared.limits.call_timeout;
-        Connection { commands: CommandSender::new(commands, shared.clone()), shared, timeout }
+        Connection { commands: CommandSender::new(shared.clone()), shared, timeout }
     }
 
     /// This connection handle with another deadline for its calls (`None`: none); other

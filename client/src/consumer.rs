@@ -32,7 +32,7 @@ pub struct Consumer {
     /// Deliveries taken from the queue, not yet returned.
     local: VecDeque<DeliveryItem>,
     /// How many of `local` count in the connection's deliveries in hand (see
-    /// `settle_buffer.rs`): all of one take, released when `local` runs dry.
+    /// `command_queue/mod.rs`): all of one take, released when `local` runs dry.
     in_hand: usize,
     link: Arc<ChannelLink>,
     done: bool,
@@ -71,7 +71,7 @@ impl Consumer {
     fn yield_item(&mut self, item: DeliveryItem) -> Result<Delivery, Error> {
         if self.local.is_empty() {
             // The driver defers acks while consumers hold deliveries: none held here now.
-            self.link.shared.conn.settlements.yielded(std::mem::take(&mut self.in_hand));
+            self.link.shared.conn.commands.yielded(std::mem::take(&mut self.in_hand));
         }
         item.map(|d| {
             let acker = Acker { link: self.link.clone(), key: d.channel, no_ack: self.queue.no_ack };
@@ -94,12 +94,12 @@ impl Stream for Consumer {
         match this.queue.poll_take(cx, &mut this.local) {
             Poll::Pending => {
                 // Acks the broker may be waiting for go out before this waits.
-                this.link.shared.conn.settlements.consumer_waits(this.link.shared.prefetch());
+                this.link.shared.conn.commands.consumer_waits(this.link.shared.prefetch());
                 Poll::Pending
             }
             Poll::Ready(None) => {
                 this.in_hand = this.local.len();
-                this.link.shared.conn.settlements.taken(this.in_hand);
+                this.link.shared.conn.commands.taken(this.in_hand);
                 match this.local.pop_front() {
                     Some(item) => Poll::Ready(Some(this.yield_item(item))),
                     None => Poll::Pending,
@@ -122,7 +122,7 @@ impl Drop for Consumer {
     fn drop(&mut self) {
         // From now on the driver gives back whatever still arrives for this consumer.
         let (queued, cancel) = self.queue.drop_consumer();
-        self.link.shared.conn.settlements.yielded(std::mem::take(&mut self.in_hand));
+        self.link.shared.conn.commands.yielded(std::mem::take(&mut self.in_hand));
         let mut items = std::mem::take(&mut self.local);
         items.extend(queued);
         if items.is_empty() && !cancel {

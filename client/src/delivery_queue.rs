@@ -134,8 +134,8 @@ impl DeliveryQueue {
         drop(inner);
         self.conn.add_unread(bytes);
         if !self.no_ack {
-            // Acks will follow: the driver may defer them (see `settle_buffer.rs`).
-            self.conn.settlements.delivered();
+            // Acks will follow: the driver may defer them (see `command_queue/mod.rs`).
+            self.conn.commands.delivered();
         }
         if let (Some(body_bytes), Some(metrics)) = (body_bytes, self.conn.metrics()) {
             metrics.delivered(body_bytes);

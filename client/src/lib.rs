@@ -53,6 +53,7 @@ mod channel_options;
 mod channel_shared;
 mod client_config;
 mod command;
+mod command_queue;
 mod confirm;
 mod conn_shared;
 mod connect;
@@ -73,7 +74,6 @@ mod publish;
 mod queue_args;
 pub mod recovery;
 mod settle;
-mod settle_buffer;
 mod stream_offset;
 pub mod tls;
 #[cfg(feature = "trace-context")]

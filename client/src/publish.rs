@@ -9,7 +9,8 @@ use tokio::sync::oneshot;
 use crate::{
     Channel, Error, PublishOptions, PublisherConfirm,
     channel_shared::ChannelShared,
-    command::{Command, ConfirmTx, PublishFrames, Resend},
+    command::{AwaitedConfirm, Command, ConfirmTx, PublishFrames, Resend},
+    command_queue::Wake,
     connection::short,
     deadline::within,
     proto::ReturnKey,
@@ -28,6 +29,11 @@ impl Channel {
     /// window is full, and while the connection already holds its limit of unsent
     /// publishes. The [`PublisherConfirm`] resolves to the broker's verdict (or
     /// [`crate::Confirmation::NotRequested`] outside confirm mode).
+    ///
+    /// In confirm mode, on the multi-thread runtime, while other confirms are awaited, the
+    /// frames may wait for the connection's next turn rather than wake it: they go out with
+    /// the broker's next confirm, when this task waits for a confirm (or for the window), or
+    /// at the latest about a millisecond later.
     ///
     /// An `Err` means the message was not handed to the connection: nothing was sent, so
     /// publishing it again cannot duplicate it. Once `Ok` is returned, only the confirm
@@ -93,6 +99,10 @@ impl Channel {
             (PublishFrames::One(buf.freeze()), len)
         };
         let confirm = if shared.confirm_mode() {
+            if shared.window.available_permits() == 0 {
+                // What this publisher deferred may be what the window waits for.
+                shared.conn.commands.publisher_waits();
+            }
             let permit = shared.window.clone().acquire_owned().await.map_err(|_| shared.close_reason_or_closed())?;
             let return_key = options.mandatory.then(|| ReturnKey {
                 exchange: publish.exchange.clone(),
@@ -105,13 +115,18 @@ impl Channel {
                 frames: frames.clone(),
                 return_key: return_key.clone(),
             });
-            Some((ConfirmTx { tx, _permit: permit, resend }, return_key, rx))
+            let awaited = AwaitedConfirm::new(&shared.conn);
+            Some((ConfirmTx { tx, _permit: permit, resend, _awaited: awaited }, return_key, rx))
         } else {
             None
         };
         // The budget is taken last: a publish waiting for window space must not hold bytes
         // that other channels' publishes could use.
         let budget = size.min(shared.conn.limits.publish_budget) as u32;
+        if shared.conn.publish_budget.available_permits() < budget as usize {
+            // The driver gives the budget back as it takes publishes, deferred ones too.
+            shared.conn.commands.budget_waits();
+        }
         let permit =
             shared.conn.publish_budget.acquire_many(budget).await.map_err(|_| shared.close_reason_or_closed())?;
         // The driver gives these back when it takes the publish (see the Publish command).
@@ -123,7 +138,10 @@ impl Channel {
             published(shared, body_bytes);
             return Ok(PublisherConfirm::not_requested(shared.conn.clone()));
         };
-        self.link.commands.send(Command::Publish { channel, frames, confirm: Some((tx, return_key)), budget })?;
+        // Its confirm is awaited: the driver will look soon anyway, for the broker's acks
+        // (see `command_queue/mod.rs`).
+        let wake = if shared.conn.is_down() { Wake::Now } else { Wake::Publish };
+        self.link.commands.push(Command::Publish { channel, frames, confirm: Some((tx, return_key)), budget }, wake)?;
         published(shared, body_bytes);
         Ok(PublisherConfirm::pending(rx, shared.conn.clone(), self.timeout))
     }

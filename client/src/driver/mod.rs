@@ -8,14 +8,12 @@
 //! the peer is known to be reading, and only for a bounded time; the socket's shutdown is
 //! bounded too. Then the socket is dropped.
 
+mod deferral;
 mod io;
 
-use std::{future::Future, sync::Arc, time::Instant};
+use std::{collections::VecDeque, future::Future, sync::Arc, time::Instant};
 
-use tokio::{
-    io::AsyncReadExt,
-    sync::{mpsc, oneshot},
-};
+use tokio::{io::AsyncReadExt, sync::oneshot};
 use tracing::Instrument;
 
 pub(crate) use io::{SocketControl, io_error};
@@ -23,6 +21,7 @@ pub(crate) use io::{SocketControl, io_error};
 use crate::{
     ConnectionOptions, Error,
     command::Command,
+    command_queue::Taken,
     conn_shared::ConnShared,
     connect::{self, Opened},
     engine::{Attempt, Engine, EngineSetup, Proto, UnackedLimit},
@@ -41,7 +40,6 @@ pub(crate) struct Setup {
     pub(crate) address: Address,
     /// The addresses to try when recovering (the first already used).
     pub(crate) rotation: AddressRotation,
-    pub(crate) commands: mpsc::UnboundedReceiver<Command>,
     pub(crate) shared: Arc<ConnShared>,
     /// Learns how the first handshake ended.
     pub(crate) connected: oneshot::Sender<Result<(), Error>>,
@@ -49,16 +47,30 @@ pub(crate) struct Setup {
 
 struct Driver {
     engine: Engine,
-    commands: mpsc::UnboundedReceiver<Command>,
+    /// Commands taken from the queue (`ConnShared::commands`) and not yet applied.
+    batch: VecDeque<Command>,
+    /// The queue said every handle is gone (after the commands in `batch`).
+    orphaned: bool,
+    /// The engine was told so.
+    orphan_told: bool,
     socket: SocketControl,
-    /// Takes the buffered settlements each turn (see `settle_buffer.rs`).
-    settle: crate::settle_buffer::Deferral,
+    /// Whether the driver parks promising to take deferred commands soon (see
+    /// `command_queue/mod.rs`).
+    deferral: deferral::Deferral,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // Also when the runtime drops this task: commands are refused from here on, and those
+        // still queued are dropped, which answers their waiters (their senders are gone).
+        drop(self.engine.shared.commands.close());
+    }
 }
 
 /// Runs the connection, recovering it as often as the engine asks, then releases
 /// everything and answers every waiter.
 pub(crate) async fn run(setup: Setup) {
-    let Setup { options, proto, opened, address, rotation, commands, shared, connected } = setup;
+    let Setup { options, proto, opened, address, rotation, shared, connected } = setup;
     let engine = Engine::new(EngineSetup {
         options,
         proto,
@@ -71,9 +83,11 @@ pub(crate) async fn run(setup: Setup) {
     });
     let mut d = Driver {
         engine,
-        commands,
+        batch: VecDeque::new(),
+        orphaned: false,
+        orphan_told: false,
         socket: SocketControl::disconnected(),
-        settle: crate::settle_buffer::Deferral::new(),
+        deferral: deferral::Deferral::new(),
     };
     let mut next = Some(opened);
     while let Some(opened) = next.take() {
@@ -86,7 +100,7 @@ pub(crate) async fn run(setup: Setup) {
             }
         }
     }
-    d.shutdown().await;
+    d.shutdown();
 }
 
 impl Driver {
@@ -112,7 +126,6 @@ impl Driver {
         let mut timer_at = None;
         loop {
             let now = Instant::now();
-            self.settle.apply(&self.engine.shared, &mut self.engine.proto);
             self.take_commands(now);
             self.engine.end_turn(now);
             if let Some(UnackedLimit(limit)) = self.engine.poll_unacked_limit() {
@@ -134,8 +147,11 @@ impl Driver {
             let taking = e.taking_commands();
             let shared = e.shared.clone();
             let handshaking = handshake_deadline.filter(|_| e.handshaking_after_loss());
-            self.settle.park(&shared);
-            let deferring = self.settle.is_armed();
+            let more = taking && !self.batch.is_empty();
+            if !more {
+                self.deferral.park(&shared);
+            }
+            let deferring = self.deferral.is_armed();
             tokio::select! {
                 biased;
                 result = io::write_some(&mut writer, &mut e.out, &mut e.needs_flush), if writing => match result {
@@ -157,18 +173,15 @@ impl Driver {
                     Ok(_) => e.received(Instant::now()),
                     Err(err) => e.io_failed(err),
                 },
-                cmd = self.commands.recv(), if taking => match cmd {
-                    Some(cmd) => e.command(cmd, Instant::now()),
-                    None => e.all_handles_dropped(Instant::now()),
-                },
+                () = shared.commands.wake.notified(), if taking => {},
+                () = std::future::ready(()), if more => {},
                 () = shared.close_signal.notified(), if !taking => {
                     if let Some((code, text)) = shared.take_close_request() {
                         e.close_requested(Instant::now(), code, &text);
                     }
                 },
                 () = shared.resume_reading.notified(), if !reading => {},
-                () = shared.settlements.wake.notified() => {},
-                () = self.settle.expired(), if deferring => {},
+                () = self.deferral.expired(), if deferring => {},
                 () = &mut timer, if deadline.is_some() => e.handle_timeout(Instant::now()),
                 () = sleep_until(handshaking), if handshaking.is_some() => {
                     e.io_error(Error::Timeout("the AMQP handshake of a reconnection"));
@@ -182,20 +195,39 @@ impl Driver {
         self.socket = SocketControl::disconnected();
     }
 
-    /// Applies whatever commands are already queued, without waiting.
+    /// Applies whatever commands are already queued (up to a batch), without waiting.
     fn take_commands(&mut self, now: Instant) {
+        if !self.engine.taking_commands() {
+            return;
+        }
+        if self.batch.is_empty() {
+            let taken = self.take_queue();
+            self.deferral.took(taken);
+        }
         for _ in 0..COMMAND_BATCH {
             if !self.engine.taking_commands() {
                 return;
             }
-            match self.commands.try_recv() {
-                Ok(cmd) => self.engine.command(cmd, now),
-                Err(mpsc::error::TryRecvError::Empty) => return,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    self.engine.all_handles_dropped(now);
-                    return;
-                }
+            match self.batch.pop_front() {
+                Some(cmd) => self.engine.command(cmd, now),
+                None => break,
             }
+        }
+        self.tell_orphaned(now);
+    }
+
+    /// Takes the queue into `batch` (empty).
+    fn take_queue(&mut self) -> Taken {
+        let taken = self.engine.shared.commands.take(&mut self.batch);
+        self.orphaned |= taken.orphaned;
+        taken
+    }
+
+    /// Once every handle is gone and their last commands are applied, tells the engine.
+    fn tell_orphaned(&mut self, now: Instant) {
+        if self.orphaned && !self.orphan_told && self.batch.is_empty() {
+            self.orphan_told = true;
+            self.engine.all_handles_dropped(now);
         }
     }
 
@@ -230,6 +262,15 @@ impl Driver {
     async fn serve_until<T>(&mut self, until: impl Future<Output = T>) -> Option<T> {
         tokio::pin!(until);
         loop {
+            // Held back by the engine (or a close applied): all of them, in order.
+            let now = Instant::now();
+            if self.batch.is_empty() {
+                self.take_queue();
+            }
+            while let Some(cmd) = self.batch.pop_front() {
+                self.engine.command(cmd, now);
+            }
+            self.tell_orphaned(now);
             if self.engine.stopping() {
                 return None;
             }
@@ -239,10 +280,7 @@ impl Driver {
             tokio::select! {
                 out = &mut until => return Some(out),
                 () = sleep_until(deadline), if deadline.is_some() => self.engine.handle_timeout(Instant::now()),
-                cmd = self.commands.recv() => match cmd {
-                    Some(cmd) => self.engine.command(cmd, Instant::now()),
-                    None => self.engine.all_handles_dropped(Instant::now()),
-                },
+                () = shared.commands.wake.notified() => {},
                 () = shared.close_signal.notified() => {
                     if let Some((code, text)) = shared.take_close_request() {
                         self.engine.close_requested(Instant::now(), code, &text);
@@ -253,19 +291,16 @@ impl Driver {
     }
 
     /// The connection is over for good: answer everyone.
-    async fn shutdown(&mut self) {
+    fn shutdown(&mut self) {
         self.engine.finish(Instant::now());
-        // New commands fail from here; those already queued are answered by the closed
-        // state machine.
-        self.commands.close();
-        // `recv`, not `try_recv`: a send that got past the close but has not finished
-        // pushing its command is not seen by `try_recv`, and its command (with the oneshot
-        // its caller waits on) would stay in the queue for as long as any handle lives.
-        // `recv` returns `None` only once every such send has landed, which is at once.
-        while let Some(cmd) = self.commands.recv().await {
-            self.engine.apply_final(cmd, Instant::now());
+        // New commands fail from here (the queue's lock orders every push before or after
+        // the close); those already taken or queued are answered by the closed state machine.
+        let queued = self.engine.shared.commands.close();
+        let now = Instant::now();
+        for cmd in std::mem::take(&mut self.batch).into_iter().chain(queued) {
+            self.engine.apply_final(cmd, now);
         }
-        self.engine.finished(Instant::now());
+        self.engine.finished(now);
     }
 }
 

@@ -23,7 +23,7 @@ use lepus_codec::{
     BasicProperties, ContentHeader, Frame, Limits, Method, PROTOCOL_HEADER, ShortStr, decode_frame,
     method::{basic, channel as chan, connection, exchange, queue},
 };
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 
 use super::{Attempt, Engine, EngineSetup, Proto};
 use crate::{
@@ -196,7 +196,8 @@ pub(super) struct Harness {
     pub(super) engine: Engine,
     /// The manual clock: the instant every engine call is given.
     pub(super) now: Instant,
-    commands: mpsc::UnboundedReceiver<Command>,
+    /// Commands taken from the handles' queue.
+    commands: std::collections::VecDeque<Command>,
     pub(super) conn: Connection,
     events: broadcast::Receiver<ConnectionEvent>,
     connected: oneshot::Receiver<Result<(), Error>>,
@@ -204,8 +205,6 @@ pub(super) struct Harness {
     options: ConnectionOptions,
     /// The engine was told the connection is over: commands get the final answer.
     finished: bool,
-    /// Takes the handles' buffered settlements each turn, as the driver does.
-    settle: crate::settle_buffer::Deferral,
 }
 
 /// Options for a connection to three addresses (ports 1, 2, 3), tried in order.
@@ -221,7 +220,6 @@ impl Harness {
         let mut rotation = AddressRotation::new(options.get_addresses(), options.get_address_order(), seed);
         let address = rotation.next().unwrap();
         let shared = crate::connection::shared_state(&options);
-        let (commands_tx, commands) = mpsc::unbounded_channel();
         let (connected_tx, connected) = oneshot::channel();
         let proto = state_machine(&options, now);
         let engine = Engine::new(EngineSetup {
@@ -234,19 +232,18 @@ impl Harness {
             connected: connected_tx,
             seed,
         });
-        let conn = Connection::from_parts(shared, commands_tx);
+        let conn = Connection::from_parts(shared);
         let events = conn.events();
         let mut h = Harness {
             engine,
             now,
-            commands,
+            commands: Default::default(),
             conn,
             events,
             connected,
             broker: Broker::default(),
             options,
             finished: false,
-            settle: crate::settle_buffer::Deferral::new(),
         };
         h.engine.session_started(false);
         h.turns();
@@ -258,8 +255,8 @@ impl Harness {
     pub(super) fn turns(&mut self) {
         for _ in 0..TURNS {
             let mut moved = false;
-            self.settle.apply(&self.engine.shared, &mut self.engine.proto);
-            while let Ok(cmd) = self.commands.try_recv() {
+            self.engine.shared.commands.take(&mut self.commands);
+            while let Some(cmd) = self.commands.pop_front() {
                 if self.finished {
                     self.engine.apply_final(cmd, self.now);
                 } else {

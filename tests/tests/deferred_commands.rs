@@ -1,13 +1,15 @@
-//! Acks go to the connection's driver through a buffer that it takes without being woken
-//! when it will look soon anyway (`client/src/settle_buffer.rs`). These tests hold it to its
-//! guarantees against the real broker: a buffered ack reaches the broker in bounded time
-//! even when nothing else ever happens on the connection, and a later command (a channel's
-//! close) never overtakes it.
+//! Acks, and publishes in confirm mode, may wait in the connection's command queue
+//! without waking the driver when it will look soon anyway
+//! (`client/src/command_queue/mod.rs`). These tests hold that to its guarantees: a deferred
+//! command reaches the broker in bounded time even when nothing else ever happens on the
+//! connection, and a later command (a channel's close) never overtakes it.
 //!
-//! The broker's view is read with `basic.qos` prefetch 2: of three messages it delivers two
-//! and keeps the third ready until an ack frees a slot, so the ready count (a passive
-//! `queue.declare`, from a second connection so that its commands do not carry the ack
-//! along) drops to 0 exactly when the ack has arrived.
+//! For acks the broker's view is read with `basic.qos` prefetch 2: of three messages it
+//! delivers two and keeps the third ready until an ack frees a slot, so the ready count (a
+//! passive `queue.declare`, from a second connection so that its commands do not carry the
+//! ack along) drops to 0 exactly when the ack has arrived. For publishes a fake broker that
+//! never confirms stands in: RabbitMQ confirms at once, and each confirm would carry the
+//! deferred publishes along.
 
 use std::time::Duration;
 
@@ -15,8 +17,11 @@ use bytes::Bytes;
 use lepus::{
     Channel, Confirmation, ConsumeOptions, Consumer, Delivery, FieldTable, PublishOptions, QueueDeleteOptions,
 };
+use lepus_codec::Method;
 use lepus_tests::bounded::{Bounded, eventually, within};
-use lepus_tests::util::{connect, ready, unique};
+use lepus_tests::fake_broker::FakeBroker;
+use lepus_tests::util::{connect, connect_with, ready, unique};
+use tokio::sync::oneshot;
 
 /// The most any single expected event may take.
 const WAIT: Duration = Duration::from_secs(10);
@@ -92,6 +97,66 @@ async fn a_channel_close_does_not_overtake_its_acks() {
 
     observer.queue_delete(&q, QueueDeleteOptions::default()).within(WAIT).await.unwrap();
     drop(consumer);
+    conn.close().within(WAIT).await.unwrap();
+    observer_conn.close().within(WAIT).await.unwrap();
+}
+
+/// A publish in confirm mode made while the driver is armed (a confirm is awaited), by a
+/// task that then waits for something else entirely, with a broker that never confirms:
+/// the broker still gets it, at the deferral's timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_publish_reaches_the_broker_when_nothing_else_happens() {
+    let (second_tx, second_rx) = oneshot::channel();
+    let fake = FakeBroker::new()
+        .start(move |mut peer| async move {
+            let publish = |_: u16, m: &Method| matches!(m, Method::BasicPublish(_));
+            peer.wait_for(publish).await?;
+            peer.wait_for(publish).await?;
+            let _ = second_tx.send(());
+            peer.serve_until_closed().await?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let conn = connect_with(fake.options()).await;
+    let ch = conn.open_channel().within(WAIT).await.unwrap();
+    ch.confirm_select().within(WAIT).await.unwrap();
+    let first = ch.basic_publish("", "q", Bytes::from_static(b"1"), PublishOptions::default()).within(WAIT).await;
+    // The driver writes the first, then parks armed: its confirm is awaited.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = ch.basic_publish("", "q", Bytes::from_static(b"2"), PublishOptions::default()).within(WAIT).await;
+    within(ACK_WITHIN, "the second publish at the broker", second_rx).await.unwrap();
+
+    drop((first, second));
+    conn.close().within(WAIT).await.unwrap();
+    fake.finish().await;
+}
+
+/// Publishes in confirm mode, then at once the channel's close: the close does not overtake
+/// them, so all of them are in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_close_does_not_overtake_deferred_publishes() {
+    const N: usize = 500;
+    let conn = connect().await;
+    let ch = conn.open_channel().within(WAIT).await.unwrap();
+    let observer_conn = connect().await;
+    let observer = observer_conn.open_channel().within(WAIT).await.unwrap();
+    let q = unique("deferred.publish_order");
+    observer.queue_declare(&q, Default::default(), FieldTable::new()).within(WAIT).await.unwrap();
+    ch.confirm_select().within(WAIT).await.unwrap();
+    let mut confirms = Vec::with_capacity(N);
+    for i in 0..N {
+        let body = Bytes::from(i.to_string());
+        confirms.push(ch.basic_publish("", &q, body, PublishOptions::default()).within(WAIT).await.unwrap());
+    }
+    ch.close().within(WAIT).await.unwrap();
+    for confirm in confirms {
+        // Confirmed, or failed with the close that came after: either way answered.
+        let _ = within(WAIT, "a confirm", confirm).await;
+    }
+    eventually(WAIT, "every publish in the queue", || async { ready(&observer, &q).await == N as u32 }).await;
+
+    observer.queue_delete(&q, QueueDeleteOptions::default()).within(WAIT).await.unwrap();
     conn.close().within(WAIT).await.unwrap();
     observer_conn.close().within(WAIT).await.unwrap();
 }
