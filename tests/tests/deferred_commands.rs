@@ -160,3 +160,67 @@ async fn a_channel_close_does_not_overtake_deferred_publishes() {
     conn.close().within(WAIT).await.unwrap();
     observer_conn.close().within(WAIT).await.unwrap();
 }
+
+/// Everything that defers at once, on one connection, on the multi-thread runtime: four
+/// publishers in confirm mode (two await each confirm, two keep a window of them), and a
+/// consumer acking each delivery with prefetch 50. Every confirm is an ack, every message
+/// arrives once, and each publisher's messages arrive in the order it published them:
+/// nothing is stranded in the queue, lost or reordered by the deferral.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_and_a_consumer_deferring_at_once_lose_and_reorder_nothing() {
+    const PUBLISHERS: u32 = 4;
+    const EACH: u32 = 2_000;
+    let conn = connect().await;
+    let q = unique("deferred.mixed");
+    let setup = conn.open_channel().within(WAIT).await.unwrap();
+    setup.queue_declare(&q, Default::default(), FieldTable::new()).within(WAIT).await.unwrap();
+    let consume_ch = conn.open_channel().within(WAIT).await.unwrap();
+    consume_ch.basic_qos(50, false).within(WAIT).await.unwrap();
+    let mut consumer = consume_ch.basic_consume(&q, ConsumeOptions::default()).within(WAIT).await.unwrap();
+    let consuming = tokio::spawn(async move {
+        let mut expected = [0u32; PUBLISHERS as usize];
+        for _ in 0..PUBLISHERS * EACH {
+            let delivery = next(&mut consumer).await;
+            let text = std::str::from_utf8(&delivery.body).unwrap().to_owned();
+            let (publisher, seq) = text.split_once(':').unwrap();
+            let (publisher, seq): (usize, u32) = (publisher.parse().unwrap(), seq.parse().unwrap());
+            assert_eq!(seq, expected[publisher], "publisher {publisher}'s messages out of order");
+            expected[publisher] += 1;
+            delivery.ack().await.unwrap();
+        }
+        consumer
+    });
+    let mut publishing = Vec::new();
+    for publisher in 0..PUBLISHERS {
+        let ch = conn.open_channel().within(WAIT).await.unwrap();
+        let q = q.clone();
+        publishing.push(tokio::spawn(async move {
+            ch.confirm_select().await.unwrap();
+            let mut window = std::collections::VecDeque::new();
+            for seq in 0..EACH {
+                let body = Bytes::from(format!("{publisher}:{seq}"));
+                let confirm = ch.basic_publish("", &q, body, PublishOptions::default()).await.unwrap();
+                if publisher % 2 == 0 {
+                    assert_eq!(confirm.await.unwrap(), Confirmation::Ack);
+                } else {
+                    window.push_back(confirm);
+                    if window.len() == 100 {
+                        assert_eq!(window.pop_front().unwrap().await.unwrap(), Confirmation::Ack);
+                    }
+                }
+            }
+            for confirm in window {
+                assert_eq!(confirm.await.unwrap(), Confirmation::Ack);
+            }
+        }));
+    }
+    for publisher in publishing {
+        within(WAIT * 6, "a publisher's confirms", publisher).await.unwrap();
+    }
+    let consumer = within(WAIT * 6, "every delivery", consuming).await.unwrap();
+    eventually(WAIT, "every message acked", || async { ready(&setup, &q).await == 0 }).await;
+
+    drop(consumer);
+    setup.queue_delete(&q, QueueDeleteOptions::default()).within(WAIT).await.unwrap();
+    conn.close().within(WAIT).await.unwrap();
+}

@@ -257,14 +257,24 @@ impl CommandQueue {
     }
 
     /// The driver parks promising to take the queue within [`DEFERRAL`]. `false` (not
-    /// armed) if commands are already queued: a wake for them is on its way.
+    /// armed) if commands are already queued: then a wake for them is on its way (given
+    /// here if none was, as after a turn that could not take the queue).
     pub(crate) fn arm(&self) -> bool {
-        let mut s = self.lock();
-        if !s.items.is_empty() {
-            return false;
+        let ring = {
+            let mut s = self.lock();
+            if s.items.is_empty() {
+                s.armed = true;
+                return true;
+            }
+            s.armed = false;
+            let ring = !s.rung;
+            s.rung = true;
+            ring
+        };
+        if ring {
+            self.wake.notify_one();
         }
-        s.armed = true;
-        true
+        false
     }
 
     /// The driver is gone (or shutting down): refuses every command from now on and hands

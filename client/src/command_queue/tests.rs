@@ -83,7 +83,23 @@ fn an_armed_driver_is_not_woken_for_deferred_commands_but_is_for_others() {
 fn the_driver_does_not_arm_over_queued_commands() {
     let q = CommandQueue::new();
     push(&q, ack(1), Wake::Now);
+    assert!(woken(&q));
     assert!(!q.arm());
+    assert!(!woken(&q), "the push's wake was already given");
+}
+
+#[test]
+fn a_driver_that_parks_over_unrung_commands_is_woken_for_them() {
+    let q = CommandQueue::new();
+    assert!(q.arm());
+    push(&q, ack(1), Wake::Settlement);
+    assert!(!woken(&q));
+    // The driver's turn could not take the queue (its output was full), and it parks again.
+    assert!(!q.arm());
+    assert!(woken(&q));
+    push(&q, ack(2), Wake::Settlement);
+    assert!(!woken(&q), "one wake until the driver takes the queue");
+    assert_eq!(take(&q), [1, 2]);
 }
 
 #[test]
