@@ -193,7 +193,12 @@ impl PartialEq<&str> for ShortStr {
 
 impl TryFrom<&str> for ShortStr {
     type Error = EncodeError;
+    /// Copies the string: inline when it is short (no allocation, as for every routing key
+    /// and queue name up to 38 bytes), else into a new shared buffer.
     fn try_from(s: &str) -> Result<Self, EncodeError> {
+        if let Some(inline) = Self::inline_prefix(s.as_bytes(), s.len()) {
+            return Ok(inline);
+        }
         Self::from_bytes(Bytes::copy_from_slice(s.as_bytes()))
     }
 }
