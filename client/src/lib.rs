@@ -64,6 +64,7 @@ mod delivery;
 mod delivery_headers;
 mod delivery_queue;
 mod driver;
+mod encode_chunk;
 mod engine;
 mod error;
 mod events;

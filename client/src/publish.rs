@@ -13,6 +13,7 @@ use crate::{
     command_queue::Wake,
     connection::short,
     deadline::within,
+    encode_chunk,
     proto::ReturnKey,
 };
 
@@ -93,10 +94,13 @@ impl Channel {
             )?;
             (PublishFrames::Many(segments), body.len() + buf.len())
         } else {
-            let mut buf = BytesMut::with_capacity(body.len() + 96);
-            encode_publish(&mut buf, shared.key().id, &publish, &options.properties, &body, frame_max)?;
-            let len = buf.len();
-            (PublishFrames::One(buf.freeze()), len)
+            // Kept for republishing, the frames must not pin a shared chunk.
+            let shared_chunk = !(shared.conn.limits.republish && shared.confirm_mode());
+            let bytes = encode_chunk::encode(body.len() + 96, shared_chunk, |buf| {
+                encode_publish(buf, shared.key().id, &publish, &options.properties, &body, frame_max)
+            })?;
+            let len = bytes.len();
+            (PublishFrames::One(bytes), len)
         };
         let confirm = if shared.confirm_mode() {
             if shared.window.available_permits() == 0 {
