@@ -34,6 +34,23 @@ struct Plan {
     kind: RuntimeKind,
     round: u64,
     rounds: u64,
+    /// The workload runs in a spawned task (`LEPUS_BENCH_SPAWN`).
+    spawn: bool,
+}
+
+/// `work` itself, or with `spawn` a task running it spawned on the runtime: on the
+/// multi-thread runtime a worker runs it, instead of the thread in `block_on`.
+async fn placed<F>(spawn: bool, work: F) -> Result<RunResult, BenchError>
+where
+    F: Future<Output = Result<RunResult, BenchError>> + Send + 'static,
+{
+    if !spawn {
+        return work.await;
+    }
+    match tokio::spawn(work).await {
+        Ok(result) => result,
+        Err(e) => Err(format!("the workload's task failed: {e}").into()),
+    }
 }
 
 impl Plan {
@@ -66,6 +83,9 @@ impl Plan {
             Err(e) => RunResult::failed(client, case, format!("no runtime: {e}")),
         };
         result.runtime = self.kind;
+        if self.spawn {
+            result.note = format!("{}; workload in a spawned task, not in block_on", result.note);
+        }
         if let Some(busy) = busy.filter(|b| *b >= QUIET) {
             result.note = format!("{}; machine {:.0}% busy before the run", result.note, busy * 100.0);
         }
@@ -109,7 +129,7 @@ fn main() -> ExitCode {
     };
     eprintln!(
         "broker bench: n={} (lapin n={}), rpc calls={}, workloads={:?}, sizes={}, clients={:?}, rounds={}, \
-         runtimes={:?}, ceiling on {:?}",
+         runtimes={:?}, ceiling on {:?}{}",
         config.n,
         config.lapin_n,
         config.rpc_calls,
@@ -119,6 +139,7 @@ fn main() -> ExitCode {
         config.rounds,
         config.runtimes.iter().map(|k| k.name()).collect::<Vec<_>>(),
         config.ceiling_runtimes.iter().map(|k| k.name()).collect::<Vec<_>>(),
+        if config.spawn { "; lepus and lapin in a spawned task" } else { "" },
     );
     watch_broker(&config.url);
     let started = Instant::now();
@@ -132,7 +153,7 @@ fn main() -> ExitCode {
         for (case, lapin_case) in config.cases(workload, config.n).into_iter().zip(lapin_cases) {
             let rounds = config.rounds_of(case);
             for round in 1..=rounds {
-                let plan = Plan { kind: RuntimeKind::CurrentThread, round, rounds };
+                let plan = Plan { kind: RuntimeKind::CurrentThread, round, rounds, spawn: false };
                 // Within a round: the ceiling, then each runtime with lepus then lapin, so
                 // that the rows' ratios compare runs minutes apart at most.
                 if config.runs("ceiling") {
@@ -141,12 +162,16 @@ fn main() -> ExitCode {
                     }
                 }
                 for &kind in &config.runtimes {
+                    let plan = Plan { spawn: config.spawn, ..plan.on(kind) };
                     if config.runs("lepus") {
-                        results.push(plan.on(kind).run("lepus", case, lepus_client::run(case, &url, kind)));
+                        let url = url.clone();
+                        let work = async move { lepus_client::run(case, &url, kind).await };
+                        results.push(plan.run("lepus", case, placed(config.spawn, work)));
                     }
                     if config.runs("lapin") {
-                        let work = lapin_client::run(lapin_case, &url, kind);
-                        results.push(plan.on(kind).run("lapin", lapin_case, work));
+                        let url = url.clone();
+                        let work = async move { lapin_client::run(lapin_case, &url, kind).await };
+                        results.push(plan.run("lapin", lapin_case, placed(config.spawn, work)));
                     }
                 }
             }

@@ -25,6 +25,9 @@ pub struct Config {
     pub runtimes: Vec<RuntimeKind>,
     /// The runtimes the ceiling runs on.
     pub ceiling_runtimes: Vec<RuntimeKind>,
+    /// Whether lepus's and lapin's workloads run in a spawned task (on a worker of the
+    /// multi-thread runtime) instead of in `block_on` (`LEPUS_BENCH_SPAWN`).
+    pub spawn: bool,
 }
 
 /// `current`, `multi`, `both`, or a comma-separated list of the first two.
@@ -109,6 +112,7 @@ impl Config {
             &[RuntimeKind::CurrentThread],
         )?;
         let rounds = count("LEPUS_BENCH_ROUNDS")?.unwrap_or(DEFAULT_ROUNDS);
+        let spawn = var("LEPUS_BENCH_SPAWN").is_some_and(|v| !v.trim().is_empty() && v.trim() != "0");
         Ok(Config {
             url,
             n,
@@ -120,6 +124,7 @@ impl Config {
             rounds,
             runtimes,
             ceiling_runtimes,
+            spawn,
         })
     }
 
@@ -162,6 +167,7 @@ mod tests {
             rounds: 3,
             runtimes: RuntimeKind::ALL.to_vec(),
             ceiling_runtimes: vec![RuntimeKind::CurrentThread],
+            spawn: false,
         }
     }
 

@@ -23,7 +23,10 @@
 //! consume 64 B, the cases of the targets, run for every client, alternating;
 //! default 3, the tables take the median), `LEPUS_BENCH_CLIENTS=lepus,lapin,ceiling` (which
 //! of them run; all by default, a subset for profiling one), `LEPUS_BENCH_BROKER_PID` (the
-//! broker's pid, when it cannot be found from the socket listening on the AMQP port).
+//! broker's pid, when it cannot be found from the socket listening on the AMQP port),
+//! `LEPUS_BENCH_SPAWN=1` (lepus's and lapin's workloads run in a task spawned on the
+//! runtime, as a service's consumers and publishers often do, instead of in `block_on`,
+//! as `main` does; on the multi-thread runtime that puts them on a worker).
 
 use std::{
     fmt::{self, Write as _},
