@@ -188,16 +188,21 @@ impl CommandSender {
     }
 
     /// Queues a command, waking the driver as `wake` says (see `command_queue/mod.rs`).
-    pub(crate) fn push(&self, cmd: Command, wake: Wake) -> Result<(), Error> {
+    fn push(&self, cmd: Command, wake: Wake) -> Result<(), Error> {
         self.conn.commands.push(cmd, wake).map_err(|_| self.conn.closed_error())
     }
 
-    /// Queues a settlement, which may wait for a driver that will look soon anyway. While
-    /// the connection is down it wakes the driver like any command: the driver applies it at
-    /// once (and refuses a stale one).
+    /// Queues a command of a kind that may wait for a driver that will look soon anyway
+    /// (`Wake::Settlement` or `Wake::Publish`). While the connection is down it wakes the
+    /// driver like any command: the driver applies a settlement at once (and refuses a stale
+    /// one), and holds a publish back until the recovery is done.
+    pub(crate) fn defer(&self, cmd: Command, wake: Wake) -> Result<(), Error> {
+        self.push(cmd, if self.conn.is_down() { Wake::Now } else { wake })
+    }
+
+    /// Queues a settlement (see [`CommandSender::defer`]).
     pub(crate) fn settle(&self, key: ChannelKey, method: Method) -> Result<(), Error> {
-        let wake = if self.conn.is_down() { Wake::Now } else { Wake::Settlement };
-        self.push(Command::Settle { key, method }, wake)
+        self.defer(Command::Settle { key, method }, Wake::Settlement)
     }
 }
 

@@ -144,8 +144,8 @@ impl Channel {
         };
         // Its confirm is awaited: the driver will look soon anyway, for the broker's acks
         // (see `command_queue/mod.rs`).
-        let wake = if shared.conn.is_down() { Wake::Now } else { Wake::Publish };
-        self.link.commands.push(Command::Publish { channel, frames, confirm: Some((tx, return_key)), budget }, wake)?;
+        let cmd = Command::Publish { channel, frames, confirm: Some((tx, return_key)), budget };
+        self.link.commands.defer(cmd, Wake::Publish)?;
         published(shared, body_bytes);
         Ok(PublisherConfirm::pending(rx, shared.conn.clone(), self.timeout))
     }

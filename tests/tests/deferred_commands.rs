@@ -29,6 +29,33 @@ const WAIT: Duration = Duration::from_secs(10);
 /// rest is the broker's round trip on a busy machine. Heartbeats (60 s) are far beyond it.
 const ACK_WITHIN: Duration = Duration::from_secs(2);
 
+/// A connection with a channel under test, and a second connection whose channel reads the
+/// broker's view (its commands never carry the first connection's along).
+struct Observed {
+    conn: lepus::Connection,
+    ch: Channel,
+    observer_conn: lepus::Connection,
+    observer: Channel,
+}
+
+impl Observed {
+    async fn open() -> Self {
+        let conn = connect().await;
+        let ch = conn.open_channel().within(WAIT).await.unwrap();
+        let observer_conn = connect().await;
+        let observer = observer_conn.open_channel().within(WAIT).await.unwrap();
+        Observed { conn, ch, observer_conn, observer }
+    }
+
+    /// Deletes `q` and closes both connections.
+    async fn close(self, q: &str) {
+        self.observer.queue_delete(q, QueueDeleteOptions::default()).within(WAIT).await.unwrap();
+        drop(self.ch);
+        self.conn.close().within(WAIT).await.unwrap();
+        self.observer_conn.close().within(WAIT).await.unwrap();
+    }
+}
+
 async fn next(consumer: &mut Consumer) -> Delivery {
     match within(WAIT, "a delivery", consumer.next()).await {
         Some(Ok(d)) => d,
@@ -57,10 +84,7 @@ async fn two_of_three_delivered(ch: &Channel, observer: &Channel, name: &str) ->
 /// connection: the broker still gets it, and delivers the third message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ack_reaches_the_broker_when_nothing_else_happens() {
-    let conn = connect().await;
-    let ch = conn.open_channel().within(WAIT).await.unwrap();
-    let observer_conn = connect().await;
-    let observer = observer_conn.open_channel().within(WAIT).await.unwrap();
+    let Observed { conn, ch, observer_conn, observer } = Observed::open().await;
     let (q, mut consumer) = two_of_three_delivered(&ch, &observer, "settle.no_hang").await;
 
     let first = next(&mut consumer).await;
@@ -72,20 +96,15 @@ async fn an_ack_reaches_the_broker_when_nothing_else_happens() {
     })
     .await;
 
-    observer.queue_delete(&q, QueueDeleteOptions::default()).within(WAIT).await.unwrap();
     drop(consumer);
-    conn.close().within(WAIT).await.unwrap();
-    observer_conn.close().within(WAIT).await.unwrap();
+    Observed { conn, ch, observer_conn, observer }.close(&q).await;
 }
 
 /// An ack, then at once the channel's close: the ack arrives first, so of the three only
 /// the unacked second and third are requeued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_close_does_not_overtake_its_acks() {
-    let conn = connect().await;
-    let ch = conn.open_channel().within(WAIT).await.unwrap();
-    let observer_conn = connect().await;
-    let observer = observer_conn.open_channel().within(WAIT).await.unwrap();
+    let Observed { conn, ch, observer_conn, observer } = Observed::open().await;
     let (q, mut consumer) = two_of_three_delivered(&ch, &observer, "settle.close_order").await;
 
     let first = next(&mut consumer).await;
@@ -95,10 +114,8 @@ async fn a_channel_close_does_not_overtake_its_acks() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(ready(&observer, &q).await, 2, "the close overtook the ack: the first message was requeued");
 
-    observer.queue_delete(&q, QueueDeleteOptions::default()).within(WAIT).await.unwrap();
     drop(consumer);
-    conn.close().within(WAIT).await.unwrap();
-    observer_conn.close().within(WAIT).await.unwrap();
+    Observed { conn, ch, observer_conn, observer }.close(&q).await;
 }
 
 /// A publish in confirm mode made while the driver is armed (a confirm is awaited), by a
@@ -137,10 +154,7 @@ async fn a_deferred_publish_reaches_the_broker_when_nothing_else_happens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_close_does_not_overtake_deferred_publishes() {
     const N: usize = 500;
-    let conn = connect().await;
-    let ch = conn.open_channel().within(WAIT).await.unwrap();
-    let observer_conn = connect().await;
-    let observer = observer_conn.open_channel().within(WAIT).await.unwrap();
+    let Observed { conn, ch, observer_conn, observer } = Observed::open().await;
     let q = unique("deferred.publish_order");
     observer.queue_declare(&q, Default::default(), FieldTable::new()).within(WAIT).await.unwrap();
     ch.confirm_select().within(WAIT).await.unwrap();
@@ -156,9 +170,7 @@ async fn a_channel_close_does_not_overtake_deferred_publishes() {
     }
     eventually(WAIT, "every publish in the queue", || async { ready(&observer, &q).await == N as u32 }).await;
 
-    observer.queue_delete(&q, QueueDeleteOptions::default()).within(WAIT).await.unwrap();
-    conn.close().within(WAIT).await.unwrap();
-    observer_conn.close().within(WAIT).await.unwrap();
+    Observed { conn, ch, observer_conn, observer }.close(&q).await;
 }
 
 /// Everything that defers at once, on one connection, on the multi-thread runtime: four

@@ -362,11 +362,5 @@ impl CommandQueue {
     }
 }
 
-impl Default for CommandQueue {
-    fn default() -> Self {
-        CommandQueue::new()
-    }
-}
-
 #[cfg(test)]
 mod tests;

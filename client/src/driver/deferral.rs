@@ -91,9 +91,3 @@ impl Deferral {
         self.fired = true;
     }
 }
-
-impl Default for Deferral {
-    fn default() -> Self {
-        Deferral::new()
-    }
-}

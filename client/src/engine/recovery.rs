@@ -350,8 +350,9 @@ impl Engine {
         self.advance_replay(now);
     }
 
-    /// A channel could not be reopened: it is closed for good.
-    fn channel_failed(&mut self, channel: &Arc<ChannelShared>, error: Error) {
+    /// A channel could not be reopened, or closed for a reason recovery cannot fix: it is
+    /// closed for good, and its consumers end with `error`.
+    pub(super) fn channel_failed(&mut self, channel: &Arc<ChannelShared>, error: Error) {
         self.channels.remove(&channel.id);
         for queue in self.topology.consumers_of(channel.id) {
             if let Some(waker) = queue.end(Some(error.clone())) {

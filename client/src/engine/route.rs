@@ -147,14 +147,7 @@ impl Engine {
             self.recover_channel(channel, &error, now);
             return;
         }
-        self.channels.remove(&channel.id);
-        for queue in self.topology.consumers_of(channel.id) {
-            if let Some(waker) = queue.end(Some(error.clone())) {
-                self.wakers.push(waker);
-            }
-        }
-        self.topology.channel_closed(channel.id);
-        channel.closed(error);
+        self.channel_failed(channel, error);
     }
 
     /// The state machine closed. Decides whether the connection is recovered; what follows
