@@ -116,18 +116,26 @@ pub(crate) struct ConfirmTx {
 /// A confirm counted as awaited on its connection (see `command_queue/mod.rs`) for as long as
 /// this lives: whatever ends its waiter (an answer, a failure, the connection dropped)
 /// drops it.
-pub(crate) struct AwaitedConfirm(Arc<ConnShared>);
+pub(crate) struct AwaitedConfirm(Option<Arc<ConnShared>>);
 
 impl AwaitedConfirm {
     pub(crate) fn new(conn: &Arc<ConnShared>) -> Self {
         conn.commands.confirm_awaited();
-        AwaitedConfirm(conn.clone())
+        AwaitedConfirm(Some(conn.clone()))
+    }
+
+    /// Gives up the count without settling it: the caller settles a batch of them at once
+    /// on the connection returned (`CommandQueue::confirms_settled`).
+    pub(crate) fn settle_later(mut self) -> Option<Arc<ConnShared>> {
+        self.0.take()
     }
 }
 
 impl Drop for AwaitedConfirm {
     fn drop(&mut self) {
-        self.0.commands.confirm_settled();
+        if let Some(conn) = &self.0 {
+            conn.commands.confirms_settled(1);
+        }
     }
 }
 

@@ -315,9 +315,11 @@ impl CommandQueue {
         self.awaiting_confirms.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A publish's confirm waiter is gone (answered, or dropped with its connection).
-    pub(crate) fn confirm_settled(&self) {
-        self.awaiting_confirms.fetch_sub(1, Ordering::Relaxed);
+    /// `n` publishes' confirm waiters are gone (answered, or dropped with their connection).
+    pub(crate) fn confirms_settled(&self, n: usize) {
+        if n > 0 {
+            self.awaiting_confirms.fetch_sub(n, Ordering::Relaxed);
+        }
     }
 
     /// Whether confirms are awaited.

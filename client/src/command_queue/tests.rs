@@ -128,7 +128,7 @@ fn a_waiting_publisher_rings_once_its_deferred_publishes_are_half_the_awaited_co
     q.publisher_waits();
     assert!(woken(&q), "2 deferred of 4 awaited");
     for _ in 0..4 {
-        q.confirm_settled();
+        q.confirms_settled(1);
     }
     assert!(!q.confirms_awaited());
 }

@@ -89,6 +89,7 @@ pub(crate) async fn run(setup: Setup) {
         socket: SocketControl::disconnected(),
         deferral: deferral::Deferral::new(),
     };
+    d.engine.held.set_holding(true);
     let mut next = Some(opened);
     while let Some(opened) = next.take() {
         d.session(opened).await;
@@ -152,6 +153,8 @@ impl Driver {
                 self.deferral.park(&shared);
             }
             let deferring = self.deferral.is_armed();
+            e.held.turn_ended();
+            let holding = !e.held.is_empty();
             tokio::select! {
                 biased;
                 result = io::write_some(&mut writer, &mut e.out, &mut e.needs_flush), if writing => match result {
@@ -186,8 +189,11 @@ impl Driver {
                 () = sleep_until(handshaking), if handshaking.is_some() => {
                     e.io_error(Error::Timeout("the AMQP handshake of a reconnection"));
                 },
+                // Last: reached only when everything else would park.
+                () = std::future::ready(()), if holding => e.held.release(),
             }
         }
+        self.engine.held.release();
         let flush = self.engine.peer_reads();
         let e = &mut self.engine;
         io::finish(&mut writer, &mut e.out, e.needs_flush, flush).await;
@@ -274,6 +280,7 @@ impl Driver {
             if self.engine.stopping() {
                 return None;
             }
+            self.engine.held.release();
             let shared = self.engine.shared.clone();
             // Commands held back since the loss expire meanwhile.
             let deadline = self.engine.poll_timeout().map(tokio::time::Instant::from_std);

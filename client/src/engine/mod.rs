@@ -15,6 +15,7 @@
 //! answered with the close reason.
 
 mod apply;
+mod held;
 mod parked;
 mod recovery;
 mod route;
@@ -24,7 +25,6 @@ mod tests;
 use std::{
     collections::{HashMap, VecDeque},
     sync::Arc,
-    task::Waker,
     time::{Duration, Instant},
 };
 
@@ -97,8 +97,8 @@ pub(crate) struct Engine {
     pub(crate) reading: bool,
     /// A change of the socket's unacknowledged-data limit for the driver to apply.
     unacked_limit: Option<UnackedLimit>,
-    /// Consumers to wake once this turn's deliveries are all queued (one wake per burst).
-    wakers: Vec<Waker>,
+    /// Confirms answered and consumers to wake, until the driver parks (see `held.rs`).
+    pub(crate) held: held::Held,
     close_waiters: Vec<oneshot::Sender<Result<(), Error>>>,
     /// The command queue reported that every handle is gone.
     pub(crate) handles_gone: bool,
@@ -145,7 +145,7 @@ impl Engine {
             needs_flush: false,
             reading: true,
             unacked_limit: None,
-            wakers: Vec::new(),
+            held: held::Held::default(),
             close_waiters: Vec::new(),
             handles_gone: false,
             io_failed: false,
@@ -299,9 +299,7 @@ impl Engine {
             self.event(event, now);
         }
         self.failing = false;
-        for waker in self.wakers.drain(..) {
-            waker.wake();
-        }
+        self.held.routed();
         while let Some(bytes) = self.proto.poll_transmit(now) {
             if self.io_failed {
                 continue;
@@ -366,6 +364,7 @@ impl Engine {
     /// reason, by [`Engine::apply_final`]. Call [`Engine::finished`] once no more can come.
     pub(crate) fn finish(&mut self, now: Instant) {
         self.pump(now);
+        self.held.release();
         let error = self.final_reason();
         if let Some(tx) = self.connected.take() {
             let _ = tx.send(Err(error.clone()));

@@ -222,7 +222,7 @@ impl Engine {
         channel.lost();
         for queue in self.topology.consumers_of(channel.id) {
             if let crate::delivery_queue::Pushed::Queued(Some(waker)) = queue.push(Err(error.clone())) {
-                self.wakers.push(waker);
+                self.held.wake(waker);
             }
         }
         let steps = self.topology.channel_plan(channel.id);
@@ -356,7 +356,7 @@ impl Engine {
         self.channels.remove(&channel.id);
         for queue in self.topology.consumers_of(channel.id) {
             if let Some(waker) = queue.end(Some(error.clone())) {
-                self.wakers.push(waker);
+                self.held.wake(waker);
             }
         }
         self.topology.channel_closed(channel.id);

@@ -36,19 +36,18 @@ impl Engine {
                 Err(e) if self.failing && self.recovery.is_some() => {
                     match (token.resend.is_some(), self.recovery.as_mut()) {
                         (true, Some(recovery)) => recovery.republish.push(token),
-                        _ => {
-                            let _ = token.tx.send(Err(Error::ConnectionLost(Box::new(e))));
-                        }
+                        _ => self.held.failed(token, Error::ConnectionLost(Box::new(e))),
                     }
                 }
-                result => {
-                    if let (Some(metrics), Ok(confirmation)) = (self.shared.metrics(), &result) {
-                        crate::metrics::confirmation(metrics, confirmation);
+                Ok(confirmation) => {
+                    if let Some(metrics) = self.shared.metrics() {
+                        crate::metrics::confirmation(metrics, &confirmation);
                     }
-                    let _ = token.tx.send(result);
+                    self.held.answered(token, confirmation);
                 }
+                Err(e) => self.held.failed(token, e),
             },
-            Event::Delivery(queue, item) => deliver(&mut self.proto, &mut self.wakers, &queue, item),
+            Event::Delivery(queue, item) => deliver(&mut self.proto, &mut self.held, &queue, item),
             Event::ConsumerEnded(queue, reason) => {
                 let lost = self.failing && self.recovery.is_some();
                 let reopening = self.replay.as_ref().is_some_and(|r| r.reopens(queue.channel_id));
@@ -58,7 +57,7 @@ impl Engine {
                 }
                 self.topology.consumer_ended(queue.channel_id, &queue.tag);
                 if let Some(waker) = queue.end(reason) {
-                    self.wakers.push(waker);
+                    self.held.wake(waker);
                 }
             }
             Event::Returned(channel, content) => channel.returned(*content),
@@ -183,9 +182,9 @@ fn caused_by(error: &Error, request: Option<&Method>) -> bool {
 }
 
 /// Queues a delivery for its consumer; the consumer is woken once the whole burst is in.
-fn deliver(proto: &mut Proto, wakers: &mut Vec<std::task::Waker>, queue: &Arc<DeliveryQueue>, item: DeliveryItem) {
+fn deliver(proto: &mut Proto, held: &mut super::held::Held, queue: &Arc<DeliveryQueue>, item: DeliveryItem) {
     match queue.push(item) {
-        Pushed::Queued(Some(waker)) => wakers.push(waker),
+        Pushed::Queued(Some(waker)) => held.wake(waker),
         Pushed::Queued(None) => {}
         // The consumer was dropped (its cancel is on its way): back to the broker.
         Pushed::Refused(item) => give_back(proto, queue, item),
