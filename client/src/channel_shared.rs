@@ -24,6 +24,10 @@ pub(crate) struct ChannelShared {
     pub(crate) conn: Arc<ConnShared>,
     closed: watch::Sender<Option<Error>>,
     flow: watch::Sender<bool>,
+    /// Mirrors of `closed` being `Some` and of `flow`, for the publish path's checks: a
+    /// plain load, where the watch takes its lock.
+    is_closed: AtomicBool,
+    flow_active: AtomicBool,
     /// The confirm window: a confirmed publish holds a permit until it is resolved.
     pub(crate) window: Arc<Semaphore>,
     confirm_mode: AtomicBool,
@@ -63,6 +67,8 @@ impl ChannelShared {
             conn,
             closed: watch::Sender::new(None),
             flow: watch::Sender::new(true),
+            is_closed: AtomicBool::new(false),
+            flow_active: AtomicBool::new(true),
             window,
             confirm_mode: AtomicBool::new(false),
             returns_tx,
@@ -89,7 +95,7 @@ impl ChannelShared {
         let id = self.key().id;
         self.key.store(pack(ChannelKey { id, epoch: 0 }), Ordering::Release);
         // A new channel starts with flow on.
-        self.flow.send_replace(true);
+        self.send_flow(true);
     }
 
     pub(crate) fn closed(&self, error: Error) {
@@ -101,9 +107,10 @@ impl ChannelShared {
                 false
             }
         });
+        self.is_closed.store(true, Ordering::Release);
         // Publishers waiting for window space or flow must wake up and see the close.
         self.window.close();
-        self.flow.send_replace(true);
+        self.send_flow(true);
         if self.counted.swap(COUNTED_CLOSED, Ordering::AcqRel) == COUNTED_OPEN
             && let Some(metrics) = self.conn.metrics()
         {
@@ -111,8 +118,13 @@ impl ChannelShared {
         }
     }
 
-    pub(crate) fn set_flow(&self, active: bool) {
+    fn send_flow(&self, active: bool) {
+        self.flow_active.store(active, Ordering::Release);
         self.flow.send_replace(active);
+    }
+
+    pub(crate) fn set_flow(&self, active: bool) {
+        self.send_flow(active);
     }
 
     pub(crate) fn returned(&self, content: Content) {
@@ -146,10 +158,13 @@ impl ChannelShared {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.borrow().is_some()
+        self.is_closed.load(Ordering::Acquire)
     }
 
     pub(crate) fn check_open(&self) -> Result<(), Error> {
+        if !self.is_closed.load(Ordering::Acquire) {
+            return self.conn.check_open();
+        }
         match &*self.closed.borrow() {
             Some(e) => Err(e.clone()),
             None => self.conn.check_open(),
@@ -161,7 +176,7 @@ impl ChannelShared {
     }
 
     pub(crate) fn flow_active(&self) -> bool {
-        *self.flow.borrow()
+        self.flow_active.load(Ordering::Acquire)
     }
 
     pub(crate) fn flow_rx(&self) -> watch::Receiver<bool> {

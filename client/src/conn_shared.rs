@@ -48,6 +48,10 @@ pub(crate) struct ConnShared {
     frame_max: AtomicU32,
     blocked: watch::Sender<Option<String>>,
     closed: watch::Sender<Option<Error>>,
+    /// Mirrors of `blocked` and `closed` being `Some`, for the publish path's checks: a
+    /// plain load, where the watch takes its lock.
+    is_blocked: AtomicBool,
+    is_closed: AtomicBool,
     /// Set when the driver task has ended and released the socket.
     finished: watch::Sender<bool>,
     events: broadcast::Sender<ConnectionEvent>,
@@ -97,6 +101,8 @@ impl ConnShared {
             frame_max: AtomicU32::new(0),
             blocked: watch::Sender::new(None),
             closed: watch::Sender::new(None),
+            is_blocked: AtomicBool::new(false),
+            is_closed: AtomicBool::new(false),
             finished: watch::Sender::new(false),
             events: broadcast::Sender::new(EVENT_CAPACITY),
             publish_budget: Semaphore::new(limits.publish_budget),
@@ -143,9 +149,14 @@ impl ConnShared {
         } else {
             self.block_ended();
         }
-        self.blocked.send_replace(reason);
+        self.send_blocked(reason);
         // Nobody listening is fine: events never wait for readers.
         let _ = self.events.send(event);
+    }
+
+    fn send_blocked(&self, reason: Option<String>) {
+        self.is_blocked.store(reason.is_some(), Ordering::Release);
+        self.blocked.send_replace(reason);
     }
 
     /// The connection is over (the driver may still be releasing the socket).
@@ -154,10 +165,11 @@ impl ConnShared {
             return;
         }
         self.closed.send_replace(Some(error.clone()));
+        self.is_closed.store(true, Ordering::Release);
         // A closed connection blocks nobody: publishers waiting for the block to lift wake
         // up and find the connection closed.
         self.block_ended();
-        self.blocked.send_replace(None);
+        self.send_blocked(None);
         if self.opened.load(Ordering::Acquire)
             && let Some(metrics) = self.metrics()
         {
@@ -179,7 +191,7 @@ impl ConnShared {
         if down {
             // A new connection starts unblocked; waiters must see the recovery instead.
             self.block_ended();
-            self.blocked.send_replace(None);
+            self.send_blocked(None);
         } else {
             self.recoveries.fetch_add(1, Ordering::Relaxed);
             if let Some(metrics) = self.metrics() {
@@ -252,7 +264,7 @@ impl ConnShared {
 
     /// Whether the broker blocks publishing now, without subscribing (the publish hot path).
     pub(crate) fn is_blocked(&self) -> bool {
-        self.blocked.borrow().is_some()
+        self.is_blocked.load(Ordering::Acquire)
     }
 
     pub(crate) fn blocked_reason(&self) -> Option<String> {
@@ -276,6 +288,9 @@ impl ConnShared {
     }
 
     pub(crate) fn check_open(&self) -> Result<(), Error> {
+        if !self.is_closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
         match &*self.closed.borrow() {
             Some(e) => Err(e.clone()),
             None => Ok(()),

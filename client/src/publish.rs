@@ -31,10 +31,12 @@ impl Channel {
     /// publishes. The [`PublisherConfirm`] resolves to the broker's verdict (or
     /// [`crate::Confirmation::NotRequested`] outside confirm mode).
     ///
-    /// In confirm mode, on the multi-thread runtime, while other confirms are awaited, the
-    /// frames may wait for the connection's next turn rather than wake it: they go out with
-    /// the broker's next confirm, when this task waits for a confirm (or for the window), or
-    /// at the latest about a millisecond later.
+    /// On the multi-thread runtime the frames may wait for the connection's next turn rather
+    /// than wake it: in confirm mode while other confirms are awaited, and outside it while
+    /// the connection is taking a stream of publishes (eight or more at its last turn). They
+    /// go out with the broker's next confirm, when this task waits for a confirm, for the
+    /// window or for a consumer's next delivery, or at the latest about a millisecond
+    /// later.
     ///
     /// An `Err` means the message was not handed to the connection: nothing was sent, so
     /// publishing it again cannot duplicate it. Once `Ok` is returned, only the confirm
@@ -138,7 +140,7 @@ impl Channel {
         let channel = self.link.shared.clone();
         let body_bytes = body.len();
         let Some((tx, return_key, rx)) = confirm else {
-            self.link.commands.send(Command::Publish { channel, frames, confirm: None, budget })?;
+            self.link.commands.defer(Command::Publish { channel, frames, confirm: None, budget }, Wake::Publish)?;
             published(shared, body_bytes);
             return Ok(PublisherConfirm::not_requested(shared.conn.clone()));
         };

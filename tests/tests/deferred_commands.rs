@@ -1,5 +1,5 @@
-//! Acks, and publishes in confirm mode, may wait in the connection's command queue
-//! without waking the driver when it will look soon anyway
+//! Acks, publishes in confirm mode and streams of plain publishes may wait in the
+//! connection's command queue without waking the driver when it will look soon anyway
 //! (`client/src/command_queue/mod.rs`). These tests hold that to its guarantees: a deferred
 //! command reaches the broker in bounded time even when nothing else ever happens on the
 //! connection, and a later command (a channel's close) never overtakes it.
@@ -145,6 +145,46 @@ async fn a_deferred_publish_reaches_the_broker_when_nothing_else_happens() {
     within(ACK_WITHIN, "the second publish at the broker", second_rx).await.unwrap();
 
     drop((first, second));
+    conn.close().within(WAIT).await.unwrap();
+    fake.finish().await;
+}
+
+/// A stream of plain publishes makes the driver arm: it takes the next ones by itself
+/// rather than being woken for each handful. A publish made just after the stream reached
+/// the broker, by a task that then waits for something else entirely, still reaches it, at
+/// the latest at the deferral's timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_after_a_stream_reaches_the_broker_when_nothing_else_happens() {
+    const N: usize = 2000;
+    let (stream_tx, stream_rx) = oneshot::channel();
+    let (last_tx, last_rx) = oneshot::channel();
+    let fake = FakeBroker::new()
+        .start(move |mut peer| async move {
+            let publish = |_: u16, m: &Method| matches!(m, Method::BasicPublish(_));
+            for _ in 0..N {
+                peer.wait_for(publish).await?;
+            }
+            let _ = stream_tx.send(());
+            peer.wait_for(publish).await?;
+            let _ = last_tx.send(());
+            peer.serve_until_closed().await?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let conn = connect_with(fake.options()).await;
+    let ch = conn.open_channel().within(WAIT).await.unwrap();
+    // All queued in one poll: the driver takes them in a few large batches.
+    let stream = (0..N).map(|i| ch.basic_publish("", "q", Bytes::from(i.to_string()), PublishOptions::default()));
+    for published in futures_util::future::join_all(stream).within(WAIT).await {
+        drop(published.unwrap());
+    }
+    within(WAIT, "the stream at the broker", stream_rx).await.unwrap();
+    // The driver took a stream and parked armed (unless its timer already fired).
+    let last = ch.basic_publish("", "q", Bytes::from_static(b"last"), PublishOptions::default()).within(WAIT).await;
+    drop(last.unwrap());
+    within(ACK_WITHIN, "the publish after the stream at the broker", last_rx).await.unwrap();
+
     conn.close().within(WAIT).await.unwrap();
     fake.finish().await;
 }

@@ -8,7 +8,10 @@
 //! - **settlements** (acks, nacks, rejects) while consumers hold deliveries: the driver
 //!   wakes for the next deliveries anyway;
 //! - **publishes in confirm mode** while confirms are awaited: the driver wakes for the
-//!   broker's next `basic.ack` anyway.
+//!   broker's next `basic.ack` anyway;
+//! - **plain publishes** while the connection publishes a stream (the driver's last take
+//!   held eight or more): then a wake per handful of messages costs more than it brings,
+//!   and the timer below takes the next ones.
 //!
 //! Such a command is *deferred*: it is queued in order like any other, but it wakes the
 //! driver only if the driver has not promised to look soon. The driver makes that
@@ -69,7 +72,7 @@ pub(crate) enum Wake {
     Now,
     /// A settlement: may wait for an armed driver.
     Settlement,
-    /// A publish in confirm mode: may wait for an armed driver.
+    /// A publish: may wait for an armed driver.
     Publish,
 }
 
