@@ -72,7 +72,8 @@ impl Engine {
                 }
             }
             Command::Publish { channel, frames, confirm, budget } => {
-                self.shared.publish_budget.add_permits(budget as usize);
+                // Given back together at the end of the turn (see `Engine::pump`).
+                self.budget_taken += budget as usize;
                 if let Err((e, Some(token))) = proto.publish(channel.key(), frames, confirm) {
                     let _ = token.tx.send(Err(e));
                 }

@@ -97,6 +97,9 @@ pub(crate) struct Engine {
     pub(crate) reading: bool,
     /// A change of the socket's unacknowledged-data limit for the driver to apply.
     unacked_limit: Option<UnackedLimit>,
+    /// Publish budget of the publishes applied this turn, given back at its end: one lock
+    /// of the budget's semaphore per turn instead of one per publish.
+    budget_taken: usize,
     /// Confirms answered and consumers to wake, until the driver parks (see `held.rs`).
     pub(crate) held: held::Held,
     close_waiters: Vec<oneshot::Sender<Result<(), Error>>>,
@@ -145,6 +148,7 @@ impl Engine {
             needs_flush: false,
             reading: true,
             unacked_limit: None,
+            budget_taken: 0,
             held: held::Held::default(),
             close_waiters: Vec::new(),
             handles_gone: false,
@@ -295,6 +299,10 @@ impl Engine {
 
     /// Moves events to their waiters and output to the write queue.
     fn pump(&mut self, now: Instant) {
+        let budget = std::mem::take(&mut self.budget_taken);
+        if budget > 0 {
+            self.shared.publish_budget.add_permits(budget);
+        }
         while let Some(event) = self.proto.poll_event() {
             self.event(event, now);
         }
