@@ -140,7 +140,7 @@ impl Channel {
         let channel = self.link.shared.clone();
         let body_bytes = body.len();
         let Some((tx, return_key, rx)) = confirm else {
-            self.link.commands.defer(Command::Publish { channel, frames, confirm: None, budget }, Wake::Publish)?;
+            self.link.commands.defer(Command::Publish { channel, frames, confirm: None, budget }, Wake::Stream)?;
             published(shared, body_bytes);
             return Ok(PublisherConfirm::not_requested(shared.conn.clone()));
         };

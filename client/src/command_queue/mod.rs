@@ -10,8 +10,10 @@
 //! - **publishes in confirm mode** while confirms are awaited: the driver wakes for the
 //!   broker's next `basic.ack` anyway;
 //! - **plain publishes** while the connection publishes a stream (the driver's last take
-//!   held eight or more): then a wake per handful of messages costs more than it brings,
-//!   and the timer below takes the next ones.
+//!   held eight or more, and it armed for that): then a wake per handful of messages costs
+//!   more than it brings, and the timer below takes the next ones. Armed for any other
+//!   reason, the driver is still woken by a plain publish: an RPC request must not wait
+//!   for a timer because a reply is being consumed.
 //!
 //! Such a command is *deferred*: it is queued in order like any other, but it wakes the
 //! driver only if the driver has not promised to look soon. The driver makes that
@@ -72,8 +74,11 @@ pub(crate) enum Wake {
     Now,
     /// A settlement: may wait for an armed driver.
     Settlement,
-    /// A publish: may wait for an armed driver.
+    /// A publish in confirm mode: may wait for an armed driver.
     Publish,
+    /// A plain publish: may wait for a driver armed because it is taking a stream of
+    /// publishes (any other reason to arm says nothing about when it looks next for this).
+    Stream,
 }
 
 /// The queue, in `ConnShared`: handles push, the driver takes.
@@ -103,6 +108,8 @@ struct State {
     rung: bool,
     /// The driver parked having promised to take the queue within [`DEFERRAL`].
     armed: bool,
+    /// ... and it armed because it is taking a stream of publishes.
+    streaming: bool,
     /// Deferred settlements and publishes in `items`.
     settlements: usize,
     publishes: usize,
@@ -133,6 +140,7 @@ impl CommandQueue {
                 items: VecDeque::new(),
                 rung: false,
                 armed: false,
+                streaming: false,
                 settlements: 0,
                 publishes: 0,
                 closed: false,
@@ -172,10 +180,10 @@ impl CommandQueue {
                     self.deferred_settlements.store(s.settlements, Ordering::Relaxed);
                     s.armed
                 }
-                Wake::Publish => {
+                Wake::Publish | Wake::Stream => {
                     s.publishes += 1;
                     self.deferred_publishes.store(s.publishes, Ordering::Relaxed);
-                    s.armed
+                    s.armed && (wake == Wake::Publish || s.streaming)
                 }
             };
             let ring = !s.rung && (!deferred || s.items.len() >= WAKE_AT);
@@ -262,11 +270,14 @@ impl CommandQueue {
     /// The driver parks promising to take the queue within [`DEFERRAL`]. `false` (not
     /// armed) if commands are already queued: then a wake for them is on its way (given
     /// here if none was, as after a turn that could not take the queue).
-    pub(crate) fn arm(&self) -> bool {
+    /// `streaming`: the driver arms because it is taking a stream of publishes (only then
+    /// may plain publishes wait for it).
+    pub(crate) fn arm(&self, streaming: bool) -> bool {
         let ring = {
             let mut s = self.lock();
             if s.items.is_empty() {
                 s.armed = true;
+                s.streaming = streaming;
                 return true;
             }
             s.armed = false;

@@ -65,9 +65,25 @@ fn deferred_commands_wake_a_driver_that_has_not_armed() {
 }
 
 #[test]
+fn plain_publishes_wait_only_for_a_driver_armed_for_a_stream() {
+    let q = CommandQueue::new();
+    assert!(q.arm(false));
+    push(&q, ack(1), Wake::Stream);
+    assert!(woken(&q), "armed for deliveries or confirms, a plain publish still wakes it");
+    take(&q);
+    assert!(q.arm(true));
+    push(&q, ack(2), Wake::Stream);
+    push(&q, ack(3), Wake::Publish);
+    assert!(!woken(&q), "armed for a stream, neither kind of publish wakes it");
+    assert_eq!(take(&q), [2, 3]);
+    push(&q, ack(4), Wake::Stream);
+    assert!(woken(&q), "taking disarms");
+}
+
+#[test]
 fn an_armed_driver_is_not_woken_for_deferred_commands_but_is_for_others() {
     let q = CommandQueue::new();
-    assert!(q.arm());
+    assert!(q.arm(false));
     push(&q, ack(1), Wake::Settlement);
     push(&q, ack(2), Wake::Publish);
     assert!(!woken(&q));
@@ -84,18 +100,18 @@ fn the_driver_does_not_arm_over_queued_commands() {
     let q = CommandQueue::new();
     push(&q, ack(1), Wake::Now);
     assert!(woken(&q));
-    assert!(!q.arm());
+    assert!(!q.arm(false));
     assert!(!woken(&q), "the push's wake was already given");
 }
 
 #[test]
 fn a_driver_that_parks_over_unrung_commands_is_woken_for_them() {
     let q = CommandQueue::new();
-    assert!(q.arm());
+    assert!(q.arm(false));
     push(&q, ack(1), Wake::Settlement);
     assert!(!woken(&q));
     // The driver's turn could not take the queue (its output was full), and it parks again.
-    assert!(!q.arm());
+    assert!(!q.arm(false));
     assert!(woken(&q));
     push(&q, ack(2), Wake::Settlement);
     assert!(!woken(&q), "one wake until the driver takes the queue");
@@ -105,7 +121,7 @@ fn a_driver_that_parks_over_unrung_commands_is_woken_for_them() {
 #[test]
 fn an_armed_queue_wakes_the_driver_past_its_bound() {
     let q = CommandQueue::new();
-    assert!(q.arm());
+    assert!(q.arm(false));
     for i in 0..super::WAKE_AT as u64 - 1 {
         push(&q, ack(i), Wake::Settlement);
     }
@@ -120,7 +136,7 @@ fn a_waiting_publisher_rings_once_its_deferred_publishes_are_half_the_awaited_co
     for _ in 0..4 {
         q.confirm_awaited();
     }
-    assert!(q.arm());
+    assert!(q.arm(false));
     push(&q, ack(1), Wake::Publish);
     q.publisher_waits();
     assert!(!woken(&q), "1 deferred of 4 awaited: the broker's acks wake the driver");
@@ -136,7 +152,7 @@ fn a_waiting_publisher_rings_once_its_deferred_publishes_are_half_the_awaited_co
 #[test]
 fn a_waiting_consumer_rings_for_deferred_publishes_and_for_half_its_prefetch_of_acks() {
     let q = CommandQueue::new();
-    assert!(q.arm());
+    assert!(q.arm(false));
     push(&q, ack(1), Wake::Settlement);
     q.consumer_waits(4);
     assert!(!woken(&q), "1 ack of prefetch 4");
@@ -144,7 +160,7 @@ fn a_waiting_consumer_rings_for_deferred_publishes_and_for_half_its_prefetch_of_
     q.consumer_waits(4);
     assert!(woken(&q), "2 acks of prefetch 4");
     take(&q);
-    assert!(q.arm());
+    assert!(q.arm(false));
     push(&q, ack(3), Wake::Publish);
     q.consumer_waits(100);
     assert!(woken(&q), "a deferred publish");
@@ -153,7 +169,7 @@ fn a_waiting_consumer_rings_for_deferred_publishes_and_for_half_its_prefetch_of_
 #[test]
 fn a_publisher_waiting_for_budget_rings_for_anything_deferred() {
     let q = CommandQueue::new();
-    assert!(q.arm());
+    assert!(q.arm(false));
     q.budget_waits();
     assert!(!woken(&q), "nothing queued");
     push(&q, ack(1), Wake::Settlement);

@@ -79,7 +79,7 @@ impl Deferral {
         if !(self.streaming || queue.in_hand() || conn.unread() > 0 || queue.confirms_awaited()) {
             return;
         }
-        if !queue.arm() {
+        if !queue.arm(self.streaming) {
             return;
         }
         // Later than the last deadline, mostly: tokio then moves it without its lock.
