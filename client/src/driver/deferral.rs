@@ -87,6 +87,11 @@ impl Deferral {
         self.armed = true;
     }
 
+    /// Whether the runtime may run the handles on other threads than the driver.
+    pub(crate) fn multi_thread(&self) -> bool {
+        self.timer.is_some()
+    }
+
     /// Whether the timer is to be waited for.
     pub(crate) fn is_armed(&self) -> bool {
         self.armed

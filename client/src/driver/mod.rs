@@ -89,7 +89,9 @@ pub(crate) async fn run(setup: Setup) {
         socket: SocketControl::disconnected(),
         deferral: deferral::Deferral::new(),
     };
-    d.engine.held.set_holding(true);
+    // On a current-thread runtime nothing runs before the driver parks anyway, and holding
+    // would cost the driver one more turn of its loop per burst.
+    d.engine.held.set_holding(d.deferral.multi_thread());
     let mut next = Some(opened);
     while let Some(opened) = next.take() {
         d.session(opened).await;
