@@ -95,7 +95,7 @@ impl ChannelShared {
         let id = self.key().id;
         self.key.store(pack(ChannelKey { id, epoch: 0 }), Ordering::Release);
         // A new channel starts with flow on.
-        self.send_flow(true);
+        self.set_flow(true);
     }
 
     pub(crate) fn closed(&self, error: Error) {
@@ -110,7 +110,7 @@ impl ChannelShared {
         self.is_closed.store(true, Ordering::Release);
         // Publishers waiting for window space or flow must wake up and see the close.
         self.window.close();
-        self.send_flow(true);
+        self.set_flow(true);
         if self.counted.swap(COUNTED_CLOSED, Ordering::AcqRel) == COUNTED_OPEN
             && let Some(metrics) = self.conn.metrics()
         {
@@ -118,13 +118,9 @@ impl ChannelShared {
         }
     }
 
-    fn send_flow(&self, active: bool) {
+    pub(crate) fn set_flow(&self, active: bool) {
         self.flow_active.store(active, Ordering::Release);
         self.flow.send_replace(active);
-    }
-
-    pub(crate) fn set_flow(&self, active: bool) {
-        self.send_flow(active);
     }
 
     pub(crate) fn returned(&self, content: Content) {
@@ -162,13 +158,12 @@ impl ChannelShared {
     }
 
     pub(crate) fn check_open(&self) -> Result<(), Error> {
-        if !self.is_closed.load(Ordering::Acquire) {
-            return self.conn.check_open();
+        if self.is_closed.load(Ordering::Acquire)
+            && let Some(e) = &*self.closed.borrow()
+        {
+            return Err(e.clone());
         }
-        match &*self.closed.borrow() {
-            Some(e) => Err(e.clone()),
-            None => self.conn.check_open(),
-        }
+        self.conn.check_open()
     }
 
     pub(crate) fn closed_rx(&self) -> watch::Receiver<Option<Error>> {

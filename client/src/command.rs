@@ -201,9 +201,9 @@ impl CommandSender {
     }
 
     /// Queues a command of a kind that may wait for a driver that will look soon anyway
-    /// (`Wake::Settlement` or `Wake::Publish`). While the connection is down it wakes the
-    /// driver like any command: the driver applies a settlement at once (and refuses a stale
-    /// one), and holds a publish back until the recovery is done.
+    /// (`Wake::Settlement`, `Wake::Publish` or `Wake::Stream`). While the connection is down
+    /// it wakes the driver like any command: the driver applies a settlement at once (and
+    /// refuses a stale one), and holds a publish back until the recovery is done.
     pub(crate) fn defer(&self, cmd: Command, wake: Wake) -> Result<(), Error> {
         self.push(cmd, if self.conn.is_down() { Wake::Now } else { wake })
     }

@@ -19,7 +19,7 @@ use lepus::{
 };
 use lepus_codec::Method;
 use lepus_tests::bounded::{Bounded, eventually, within};
-use lepus_tests::fake_broker::FakeBroker;
+use lepus_tests::fake_broker::{FakeBroker, Running};
 use lepus_tests::util::{connect, connect_with, ready, unique};
 use tokio::sync::oneshot;
 
@@ -118,23 +118,34 @@ async fn a_channel_close_does_not_overtake_its_acks() {
     Observed { conn, ch, observer_conn, observer }.close(&q).await;
 }
 
-/// A publish in confirm mode made while the driver is armed (a confirm is awaited), by a
-/// task that then waits for something else entirely, with a broker that never confirms:
-/// the broker still gets it, at the deferral's timer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deferred_publish_reaches_the_broker_when_nothing_else_happens() {
-    let (second_tx, second_rx) = oneshot::channel();
+/// A fake broker that never confirms and tells when it has read `first` publishes, then
+/// one more.
+async fn counting_publishes(first: usize) -> (Running<()>, oneshot::Receiver<()>, oneshot::Receiver<()>) {
+    let (first_tx, first_rx) = oneshot::channel();
+    let (next_tx, next_rx) = oneshot::channel();
     let fake = FakeBroker::new()
         .start(move |mut peer| async move {
             let publish = |_: u16, m: &Method| matches!(m, Method::BasicPublish(_));
+            for _ in 0..first {
+                peer.wait_for(publish).await?;
+            }
+            let _ = first_tx.send(());
             peer.wait_for(publish).await?;
-            peer.wait_for(publish).await?;
-            let _ = second_tx.send(());
+            let _ = next_tx.send(());
             peer.serve_until_closed().await?;
             Ok(())
         })
         .await
         .unwrap();
+    (fake, first_rx, next_rx)
+}
+
+/// A publish in confirm mode made while the driver is armed (a confirm is awaited), by a
+/// task that then waits for something else entirely, with a broker that never confirms:
+/// the broker still gets it, at the deferral's timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_publish_reaches_the_broker_when_nothing_else_happens() {
+    let (fake, _first, second_rx) = counting_publishes(1).await;
     let conn = connect_with(fake.options()).await;
     let ch = conn.open_channel().within(WAIT).await.unwrap();
     ch.confirm_select().within(WAIT).await.unwrap();
@@ -156,22 +167,7 @@ async fn a_deferred_publish_reaches_the_broker_when_nothing_else_happens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_after_a_stream_reaches_the_broker_when_nothing_else_happens() {
     const N: usize = 2000;
-    let (stream_tx, stream_rx) = oneshot::channel();
-    let (last_tx, last_rx) = oneshot::channel();
-    let fake = FakeBroker::new()
-        .start(move |mut peer| async move {
-            let publish = |_: u16, m: &Method| matches!(m, Method::BasicPublish(_));
-            for _ in 0..N {
-                peer.wait_for(publish).await?;
-            }
-            let _ = stream_tx.send(());
-            peer.wait_for(publish).await?;
-            let _ = last_tx.send(());
-            peer.serve_until_closed().await?;
-            Ok(())
-        })
-        .await
-        .unwrap();
+    let (fake, stream_rx, last_rx) = counting_publishes(N).await;
     let conn = connect_with(fake.options()).await;
     let ch = conn.open_channel().within(WAIT).await.unwrap();
     // All queued in one poll: the driver takes them in a few large batches.

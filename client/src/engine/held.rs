@@ -100,9 +100,8 @@ impl Held {
     }
 
     /// Wakes the consumers, then hands every held answer to its waiter, in the order they
-    /// came. Their window places
-    /// are given back together (one lock per channel and burst, not one per confirm), and
-    /// so is their count of awaited confirms.
+    /// came. Their window places are given back together (one lock per channel and burst,
+    /// not one per confirm), and so is their count of awaited confirms.
     pub(crate) fn release(&mut self) {
         self.turns = 0;
         self.wake_consumers();
