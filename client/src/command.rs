@@ -44,7 +44,7 @@ pub(crate) enum Command {
     Publish {
         channel: Arc<ChannelShared>,
         frames: PublishFrames,
-        confirm: Option<(ConfirmTx, Option<ReturnKey>)>,
+        confirm: Option<(ConfirmTx, Option<Box<ReturnKey>>)>,
         budget: u32,
     },
     /// connection.update-secret.
@@ -143,7 +143,7 @@ impl Drop for AwaitedConfirm {
 pub(crate) struct Resend {
     pub(crate) channel: Arc<ChannelShared>,
     pub(crate) frames: PublishFrames,
-    pub(crate) return_key: Option<ReturnKey>,
+    pub(crate) return_key: Option<Box<ReturnKey>>,
 }
 
 /// Who waits for a synchronous method's reply, and what the driver records from it.

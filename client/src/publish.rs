@@ -4,7 +4,7 @@
 
 use bytes::{Bytes, BytesMut};
 use lepus_codec::{encode_publish, encode_publish_vectored, method::basic};
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, TryAcquireError, oneshot};
 
 use crate::{
     Channel, Error, PublishOptions, PublisherConfirm,
@@ -50,11 +50,26 @@ impl Channel {
         options: PublishOptions,
     ) -> Result<PublisherConfirm, Error> {
         let body = body.into();
+        let shared = self.shared();
+        shared.check_open()?;
         // Nothing is sent before the last await, so a publish abandoned at its deadline
         // was not sent.
+        if !shared.conn.is_down() && !shared.conn.is_blocked() && shared.flow_active() {
+            // The common case waits for nothing, and is done without building (and moving)
+            // the waiting path's future.
+            let encoded = self.encode(exchange, routing_key, &body, options)?;
+            return match self.try_send(encoded)? {
+                Ok(confirm) => Ok(confirm),
+                Err((encoded, window)) => {
+                    within(self.timeout, "basic_publish", self.send_when_room(encoded, window)).await
+                }
+            };
+        }
         within(self.timeout, "basic_publish", self.publish(exchange, routing_key, body, options)).await
     }
 
+    /// The waiting path: for the connection to be up and unblocked and the channel not
+    /// paused, then for room in the window and the budget.
     async fn publish(
         &self,
         exchange: &str,
@@ -62,9 +77,20 @@ impl Channel {
         body: Bytes,
         options: PublishOptions,
     ) -> Result<PublisherConfirm, Error> {
+        wait_publishable(self.shared()).await?;
+        let encoded = self.encode(exchange, routing_key, &body, options)?;
+        self.send_when_room(encoded, None).await
+    }
+
+    /// Encodes a publish's frames, with what its confirm needs.
+    fn encode(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &Bytes,
+        options: PublishOptions,
+    ) -> Result<Encoded, Error> {
         let shared = self.shared();
-        shared.check_open()?;
-        wait_publishable(shared).await?;
         // A server-named queue that recovery renamed is reached by its old name too.
         let routing_key =
             if exchange.is_empty() { shared.conn.current_queue_name(routing_key) } else { routing_key.into() };
@@ -82,6 +108,7 @@ impl Channel {
             immediate: false,
         };
         let frame_max = shared.conn.frame_max();
+        let confirm_mode = shared.confirm_mode();
         let (frames, size) = if body.len() > VECTORED_BODY {
             let mut buf = BytesMut::with_capacity(512);
             let mut segments = Vec::with_capacity(4);
@@ -90,45 +117,81 @@ impl Channel {
                 shared.key().id,
                 &publish,
                 &options.properties,
-                &body,
+                body,
                 frame_max,
                 &mut segments,
             )?;
             (PublishFrames::Many(segments), body.len() + buf.len())
         } else {
             // Kept for republishing, the frames must not pin a shared chunk.
-            let shared_chunk = !(shared.conn.limits.republish && shared.confirm_mode());
+            let shared_chunk = !(shared.conn.limits.republish && confirm_mode);
             let bytes = encode_chunk::encode(body.len() + 96, shared_chunk, |buf| {
-                encode_publish(buf, shared.key().id, &publish, &options.properties, &body, frame_max)
+                encode_publish(buf, shared.key().id, &publish, &options.properties, body, frame_max)
             })?;
             let len = bytes.len();
             (PublishFrames::One(bytes), len)
         };
-        let confirm = if shared.confirm_mode() {
-            if shared.window.available_permits() == 0 {
-                // What this publisher deferred may be what the window waits for.
-                shared.conn.commands.publisher_waits();
-            }
-            let permit = shared.window.clone().acquire_owned().await.map_err(|_| shared.close_reason_or_closed())?;
-            let return_key = options.mandatory.then(|| ReturnKey {
-                exchange: publish.exchange.clone(),
-                routing_key: publish.routing_key.clone(),
+        let return_key = (confirm_mode && options.mandatory).then(|| {
+            Box::new(ReturnKey {
+                exchange: publish.exchange,
+                routing_key: publish.routing_key,
                 body_size: body.len() as u64,
-            });
-            let (tx, rx) = oneshot::channel();
-            let resend = shared.conn.limits.republish.then(|| Resend {
-                channel: self.link.shared.clone(),
-                frames: frames.clone(),
-                return_key: return_key.clone(),
-            });
-            let awaited = AwaitedConfirm::new(&shared.conn);
-            Some((ConfirmTx { tx, _permit: permit, resend, _awaited: awaited }, return_key, rx))
+            })
+        });
+        Ok(Encoded { frames, size, body_bytes: body.len(), confirm_mode, return_key })
+    }
+
+    /// Sends an encoded publish if its window place (in confirm mode) and its budget can be
+    /// taken without waiting; else hands it back, with the window place if that was taken.
+    #[allow(clippy::type_complexity)]
+    fn try_send(
+        &self,
+        encoded: Encoded,
+    ) -> Result<Result<PublisherConfirm, (Encoded, Option<OwnedSemaphorePermit>)>, Error> {
+        let shared = self.shared();
+        let window = if encoded.confirm_mode {
+            match shared.window.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(TryAcquireError::NoPermits) => return Ok(Err((encoded, None))),
+                Err(TryAcquireError::Closed) => return Err(shared.close_reason_or_closed()),
+            }
         } else {
             None
         };
+        let budget = encoded.budget(shared);
+        match shared.conn.publish_budget.try_acquire_many(budget) {
+            Ok(permit) => {
+                // The driver gives these back when it takes the publish (see the Publish command).
+                permit.forget();
+                self.send(encoded, window, budget).map(Ok)
+            }
+            Err(TryAcquireError::NoPermits) => Ok(Err((encoded, window))),
+            Err(TryAcquireError::Closed) => Err(shared.close_reason_or_closed()),
+        }
+    }
+
+    /// Waits for the window place (in confirm mode, unless `window` holds it) and the
+    /// budget, then sends.
+    async fn send_when_room(
+        &self,
+        encoded: Encoded,
+        window: Option<OwnedSemaphorePermit>,
+    ) -> Result<PublisherConfirm, Error> {
+        let shared = self.shared();
+        let window = match window {
+            Some(permit) => Some(permit),
+            None if encoded.confirm_mode => {
+                if shared.window.available_permits() == 0 {
+                    // What this publisher deferred may be what the window waits for.
+                    shared.conn.commands.publisher_waits();
+                }
+                Some(shared.window.clone().acquire_owned().await.map_err(|_| shared.close_reason_or_closed())?)
+            }
+            None => None,
+        };
         // The budget is taken last: a publish waiting for window space must not hold bytes
         // that other channels' publishes could use.
-        let budget = size.min(shared.conn.limits.publish_budget) as u32;
+        let budget = encoded.budget(shared);
         if shared.conn.publish_budget.available_permits() < budget as usize {
             // The driver gives the budget back as it takes publishes, deferred ones too.
             shared.conn.commands.budget_waits();
@@ -137,19 +200,59 @@ impl Channel {
             shared.conn.publish_budget.acquire_many(budget).await.map_err(|_| shared.close_reason_or_closed())?;
         // The driver gives these back when it takes the publish (see the Publish command).
         permit.forget();
+        self.send(encoded, window, budget)
+    }
+
+    /// Hands an encoded publish to the driver, with its confirm's waiter in confirm mode
+    /// (`window` is then its place in the window). `budget` bytes were taken for it.
+    fn send(
+        &self,
+        encoded: Encoded,
+        window: Option<OwnedSemaphorePermit>,
+        budget: u32,
+    ) -> Result<PublisherConfirm, Error> {
+        let shared = self.shared();
+        let Encoded { frames, body_bytes, return_key, .. } = encoded;
         let channel = self.link.shared.clone();
-        let body_bytes = body.len();
-        let Some((tx, return_key, rx)) = confirm else {
+        let Some(permit) = window else {
             self.link.commands.defer(Command::Publish { channel, frames, confirm: None, budget }, Wake::Stream)?;
             published(shared, body_bytes);
             return Ok(PublisherConfirm::not_requested(shared.conn.clone()));
         };
+        let (tx, rx) = oneshot::channel();
+        let resend = shared.conn.limits.republish.then(|| Resend {
+            channel: self.link.shared.clone(),
+            frames: frames.clone(),
+            return_key: return_key.clone(),
+        });
+        let awaited = AwaitedConfirm::new(&shared.conn);
+        let token = ConfirmTx { tx, _permit: permit, resend, _awaited: awaited };
         // Its confirm is awaited: the driver will look soon anyway, for the broker's acks
         // (see `command_queue/mod.rs`).
-        let cmd = Command::Publish { channel, frames, confirm: Some((tx, return_key)), budget };
+        let cmd = Command::Publish { channel, frames, confirm: Some((token, return_key)), budget };
         self.link.commands.defer(cmd, Wake::Publish)?;
         published(shared, body_bytes);
         Ok(PublisherConfirm::pending(rx, shared.conn.clone(), self.timeout))
+    }
+}
+
+/// A publish's frames, encoded, with what sending it needs.
+struct Encoded {
+    frames: PublishFrames,
+    /// Bytes of its frames.
+    size: usize,
+    body_bytes: usize,
+    /// Whether the channel was in confirm mode when it was encoded.
+    confirm_mode: bool,
+    /// In confirm mode, what recognises its `basic.return` if it is mandatory.
+    return_key: Option<Box<ReturnKey>>,
+}
+
+impl Encoded {
+    /// The bytes of the connection's publish budget it takes.
+    fn budget(&self, shared: &ChannelShared) -> u32 {
+        // The budget's limit is a u32 (see `Limits::publish_budget`'s check).
+        self.size.min(shared.conn.limits.publish_budget) as u32
     }
 }
 

@@ -365,10 +365,12 @@ impl Harness {
         assert_eq!(encoded, Ok(()), "a publish encodes for the negotiated frame_max {frame_max}");
         self.supplied += segments.iter().map(|s| s.len() as u64).sum::<u64>();
         let token = confirm.then(|| self.ledger.token());
-        let return_key = mandatory.then(|| ReturnKey {
-            exchange: short(exchange),
-            routing_key: short(routing_key),
-            body_size: body.len() as u64,
+        let return_key = mandatory.then(|| {
+            Box::new(ReturnKey {
+                exchange: short(exchange),
+                routing_key: short(routing_key),
+                body_size: body.len() as u64,
+            })
         });
         match self.conn.publish(key, segments, token.map(|t| (t, return_key))) {
             Ok(Some(tag)) => {

@@ -42,7 +42,8 @@ pub enum Confirmation {
 
 struct Slot<C> {
     token: Option<C>,
-    mandatory: Option<ReturnKey>,
+    /// Boxed: most publishes are not mandatory, and a slot is moved twice per publish.
+    mandatory: Option<Box<ReturnKey>>,
     returned: Option<Box<Content>>,
 }
 
@@ -73,7 +74,7 @@ impl<C> ConfirmTracker<C> {
     }
 
     /// Registers the next publish (in wire order) and returns its delivery tag.
-    pub(crate) fn push(&mut self, token: C, mandatory: Option<ReturnKey>) -> u64 {
+    pub(crate) fn push(&mut self, token: C, mandatory: Option<Box<ReturnKey>>) -> u64 {
         let tag = self.next;
         self.next += 1;
         self.slots.push_back(Slot { token: Some(token), mandatory, returned: None });

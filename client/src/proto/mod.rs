@@ -626,7 +626,7 @@ impl<T: Tokens> Connection<T> {
         &mut self,
         key: ChannelKey,
         frames: impl IntoIterator<Item = Bytes>,
-        confirm: Option<(T::Confirm, Option<ReturnKey>)>,
+        confirm: Option<(T::Confirm, Option<Box<ReturnKey>>)>,
     ) -> Result<Option<u64>, (Error, Option<T::Confirm>)> {
         let (token, return_key) = match confirm {
             Some((t, k)) => (Some(t), k),

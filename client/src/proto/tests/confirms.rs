@@ -124,7 +124,7 @@ proptest! {
             let tag = i as u64 + 1;
             let rk = if returned { format!("nowhere.{tag}") } else { "q".to_string() };
             let frames = Peer::publish_frames(key, &rk, b"body");
-            let mandatory = returned.then(|| key_for(&rk, 4));
+            let mandatory = returned.then(|| Box::new(key_for(&rk, 4)));
             p.conn.publish(key, [frames], Some((tag as u32, mandatory))).ok().unwrap();
             if returned {
                 unroutable.insert(tag, rk);
